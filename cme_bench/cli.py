@@ -1,0 +1,63 @@
+"""The ``cme-bench`` console script: argument parsing and error reporting only.
+
+Each verb lives in its own module ``cme_bench/commands/<verb>.py`` exposing ``HELP`` (one line),
+``add_arguments(parser)`` and ``main(args) -> int``. Those modules import nothing heavy at module level (torch,
+transformers and lm-eval are imported inside ``main``), so ``cme-bench --help`` stays instant.
+
+Adding a verb: write its module, then add its name to ``VERBS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from cme_bench import __version__
+from cme_bench.errors import CmeError
+
+VERBS = ("run", "train", "eval", "sweep", "report", "tasks", "adapters", "profile")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cme-bench",
+        description="Train parameter-efficient adapters on the CME multi-task mixture, evaluate them through "
+        "lm-evaluation-harness, and compare them in tables and an HTML leaderboard.",
+    )
+    parser.add_argument("--version", action="version", version=f"cme-bench {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
+    sub = parser.add_subparsers(dest="verb", metavar="COMMAND")
+    sub.required = True
+    for verb in VERBS:
+        module = importlib.import_module(f"cme_bench.commands.{verb}")
+        p = sub.add_parser(verb, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(_command=module.main)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args._command(args) or 0)
+    except CmeError as err:
+        if args.verbose or os.environ.get("CME_BENCH_TRACEBACK"):
+            raise
+        print(f"cme-bench {args.verb}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"cme-bench {args.verb}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

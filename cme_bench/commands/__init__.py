@@ -1,0 +1,1 @@
+"""One module per ``cme-bench`` verb; see ``cme_bench.cli`` for the contract each module follows."""
