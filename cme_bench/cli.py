@@ -47,6 +47,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        # lm-eval and transformers log every task set-up step at INFO; our own progress bars say what matters.
+        for noisy in ("lm_eval", "transformers", "datasets", "accelerate"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return int(args._command(args) or 0)
     except CmeError as err:

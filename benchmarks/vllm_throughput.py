@@ -1,0 +1,160 @@
+"""Generation throughput, vLLM vs HF ``generate``, for the base model, ``lora`` and ``teamlora``, side by side.
+
+Run in the vLLM environment (it needs both backends)::
+
+    .venv-vllm/bin/python benchmarks/vllm_throughput.py --model smollm2-135m --batch 32 --max-tokens 64
+
+Both backends decode the same ``--batch`` prompts greedily for exactly ``--max-tokens`` new tokens (EOS ignored), in
+the same dtype; tokens/s = batch x max_tokens / wall time of the generate call, after one warm-up call each. HF runs
+the whole batch as one left-padded ``generate``; vLLM serves the LoRA by request on the base engine and TeamLoRA
+through its routed model (one engine each). Adapters are the shipped presets with random non-zero weights (speed
+does not depend on the values). Engine start-up time is reported separately, not counted in tokens/s.
+
+The ``if __name__ == "__main__":`` guard is required: vLLM's CPU engine re-imports this module in its processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+PROMPT_TEMPLATES = [
+    "Write a short story about a robot who learns to {}.",
+    "Explain to a child why {} matters.",
+    "Question: what is the best way to {}?\nAnswer:",
+    "List five facts about {}:",
+]
+TOPICS = ["paint", "the ocean", "cook pasta", "volcanoes", "sleep", "learn a language", "the moon", "gardening"]
+
+
+def prompts(n: int) -> list[str]:
+    return [PROMPT_TEMPLATES[i % len(PROMPT_TEMPLATES)].format(TOPICS[i % len(TOPICS)]) for i in range(n)]
+
+
+def resolve_model(spec: str) -> Path:
+    path = Path(spec)
+    if (path / "config.json").is_file():
+        return path.resolve()
+    from cme_bench.models import materialize
+
+    return materialize(spec)
+
+
+def make_adapters(model_dir: Path, out: Path, methods: list[str]) -> dict[str, Path]:
+    """Shipped presets (``adapters/<name>.yaml``) with random non-zero weights, saved next to each other."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from cme_bench.adapters import apply_adapter, load_preset, save_adapter
+    from cme_bench.models import architecture_info
+
+    made = {}
+    for name in methods:
+        base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        preset = load_preset(name)
+        preset.params["dropout"] = 0.0
+        model = apply_adapter(base, preset, seed=0)
+        with torch.no_grad():
+            for key, t in model.state_dict().items():
+                if "lora_" in key and t.is_floating_point() and "interaction" not in key:
+                    t.normal_(0.0, 0.02)
+        made[name] = save_adapter(model, out / name, base_info=architecture_info(base))
+    return made
+
+
+def hf_throughput(model_dir: Path, adapter: Path | None, texts: list[str], max_tokens: int, dtype) -> dict[str, Any]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from cme_bench.adapters import load_adapter
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    if adapter is not None:
+        model = load_adapter(model, adapter)
+    model.eval()
+    batch = tok(texts, return_tensors="pt", padding=True)
+    kwargs = dict(max_new_tokens=max_tokens, min_new_tokens=max_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+    with torch.inference_mode():
+        model.generate(**tok(texts[:2], return_tensors="pt", padding=True), max_new_tokens=4, do_sample=False,
+                       pad_token_id=tok.pad_token_id)  # warm-up
+        t0 = time.perf_counter()
+        out = model.generate(**batch, **kwargs)
+        seconds = time.perf_counter() - t0
+    new = (out.shape[1] - batch.input_ids.shape[1]) * len(texts)
+    return {"tokens": new, "seconds": seconds, "tokens_per_s": new / seconds}
+
+
+def vllm_throughput(engine, plan, texts: list[str], max_tokens: int) -> dict[str, Any]:
+    engine.generate_ids(texts[:2], 4, plan, ignore_eos=True)  # warm-up (also loads the LoRA into the engine)
+    t0 = time.perf_counter()
+    ids = engine.generate_ids(texts, max_tokens, plan, ignore_eos=True)
+    seconds = time.perf_counter() - t0
+    new = sum(len(x) for x in ids)
+    return {"tokens": new, "seconds": seconds, "tokens_per_s": new / seconds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="smollm2-135m", help="model folder or built-in name (default %(default)s)")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--methods", default="base,lora,teamlora")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--compile", action="store_true", help="let vLLM use torch.compile (slower start-up)")
+    parser.add_argument("--out", type=Path, default=None, help="write the JSON record here")
+    args = parser.parse_args()
+
+    import torch
+
+    from cme_bench import vllm_backend
+
+    vllm_backend.require_vllm()
+    model_dir = resolve_model(args.model)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    texts = prompts(args.batch)
+    dtype = getattr(torch, args.dtype)
+    engine_kw = dict(dtype=args.dtype, max_model_len=512, enforce_eager=not args.compile, max_num_seqs=args.batch)
+    rows: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="cme-vllm-bench-") as tmp:
+        adapters = make_adapters(model_dir, Path(tmp), [m for m in methods if m != "base"])
+        plans = {m: vllm_backend.plan(model_dir, adapters.get(m)) for m in methods}
+        from cme_bench.vllm_backend.engine import plans_by_engine
+
+        for group in plans_by_engine(list(plans.values())):
+            t0 = time.perf_counter()
+            with vllm_backend.start_engine(group, **engine_kw) as engine:
+                start_s = time.perf_counter() - t0
+                for m, p in plans.items():
+                    if p in group:
+                        rows[m] = {"vllm": vllm_throughput(engine, p, texts, args.max_tokens), "engine_start_s": start_s}
+        for m in methods:
+            rows[m]["hf"] = hf_throughput(model_dir, adapters.get(m), texts, args.max_tokens, dtype)
+            rows[m]["ratio"] = rows[m]["vllm"]["tokens_per_s"] / rows[m]["hf"]["tokens_per_s"]
+
+    print(f"\nmodel {model_dir.name}, batch {args.batch}, {args.max_tokens} new tokens, {args.dtype}, "
+          f"{os.cpu_count()} CPUs, vLLM {'compiled' if args.compile else 'eager'}")
+    print(f"{'adapter':10} {'HF tok/s':>10} {'vLLM tok/s':>11} {'ratio':>7} {'engine start':>13}")
+    for m in methods:
+        r = rows[m]
+        print(f"{m:10} {r['hf']['tokens_per_s']:10.1f} {r['vllm']['tokens_per_s']:11.1f} {r['ratio']:6.2f}x "
+              f"{r['engine_start_s']:12.1f}s")
+    record = {
+        "model": str(model_dir), "batch": args.batch, "max_tokens": args.max_tokens, "dtype": args.dtype,
+        "compile": args.compile, "cpus": os.cpu_count(), "machine": platform.machine(), "results": rows,
+    }
+    if args.out:
+        args.out.write_text(json.dumps(record, indent=2))
+
+
+if __name__ == "__main__":
+    main()

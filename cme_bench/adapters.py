@@ -1,0 +1,688 @@
+"""Adapter presets and the public adapter API: apply, save, load (strict), merge, count, auxiliary losses and expert
+load, for every method in ``cme_bench.tuners.TUNERS``.
+
+Two backends sit behind one API:
+- ``peft`` (lora, dora, adalora): ``apply_adapter`` returns a ``PeftModel``; adapters are saved in PEFT's own format
+  with cme-bench's fields under the key ``"cme_bench"`` of ``adapter_config.json``;
+- ``native`` (every other method): adapter layers are injected into the Hugging Face model in place, so the returned
+  object *is* the HF model (``generate``, ``config``, ``device``, ``tie_weights`` all work, and lm-eval's
+  ``HFLM(pretrained=model)`` accepts it). The adapter description lives in ``model._cme_adapter``.
+
+Loading is strict: missing or unexpected tensors, wrong shapes or a different base architecture raise ``CmeError``
+naming them, because an adapter silently loaded as zeros is the failure users of other tools hit most. Nothing here
+unpickles: weights are safetensors, configs JSON/YAML.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import uuid
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from cme_bench.errors import CmeError, ConfigError
+from cme_bench.paths import adapters_dir
+from cme_bench.registry import suggest
+from cme_bench.tuners import TUNERS, get_method
+from cme_bench.tuners.base import AdapterLayerMixin, MethodSpec, find_targets, inject
+
+log = logging.getLogger(__name__)
+
+FORMAT = "cme-bench-adapter"
+FORMAT_VERSION = 1
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+PRESET_KEYS = {"method", "description", "params", "training", "notes"}
+BASE_FIELDS = ("architecture", "model_type", "hidden_size", "num_layers", "vocab_size")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Presets
+
+
+@dataclass
+class AdapterPreset:
+    """A named adapter configuration: a method and its validated hyperparameters.
+
+    ``training`` holds suggested training values from the preset file (labelled there when assumed); ``notes`` are
+    free-text caveats shown by ``cme-bench adapters show``.
+    """
+
+    name: str
+    method: str
+    params: dict[str, Any]
+    path: Path | None
+    description: str
+    training: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def list_presets() -> list[AdapterPreset]:
+    """Every preset in ``adapters/``, sorted by name."""
+    return [load_preset(str(p)) for p in sorted(adapters_dir().glob("*.yaml"))]
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in adapters_dir().glob("*.yaml"))
+
+
+def load_preset(name_or_path: str | Path) -> AdapterPreset:
+    """A preset by name (``adapters/<name>.yaml``) or by path to a YAML file; CmeError with suggestions otherwise."""
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    if not (path.suffix in (".yaml", ".yml") or path.is_file()):
+        path = adapters_dir() / f"{text}.yaml"
+        if not path.is_file():
+            raise CmeError(suggest(text, preset_names(), "adapter preset"))
+    if not path.is_file():
+        raise CmeError(f"adapter preset file {str(path)!r} does not exist")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"expected a mapping at the top level, got {type(data).__name__}", where=str(path))
+    return preset_from_dict(data, name=path.stem, path=path)
+
+
+def preset_from_dict(data: dict[str, Any], *, name: str, path: Path | None = None) -> AdapterPreset:
+    """Validate a preset mapping (``method``, ``params``, optional ``description``/``training``/``notes``)."""
+    where = str(path) if path else f"adapter preset {name!r}"
+    unknown = sorted(set(data) - PRESET_KEYS)
+    if unknown:
+        raise ConfigError([f"unknown key {k!r} (allowed: {sorted(PRESET_KEYS)})" for k in unknown], where=where)
+    if "method" not in data:
+        raise ConfigError("missing key 'method'", where=where)
+    spec = get_method(str(data["method"]))
+    params = spec.validate(dict(data.get("params") or {}), where=where)
+    return AdapterPreset(
+        name=name,
+        method=spec.name,
+        params=params,
+        path=path,
+        description=str(data.get("description") or spec.description).strip(),
+        training=dict(data.get("training") or {}),
+        notes=[str(n) for n in data.get("notes") or []],
+    )
+
+
+def _as_preset(preset: AdapterPreset | str | Path) -> AdapterPreset:
+    return preset if isinstance(preset, AdapterPreset) else load_preset(preset)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Apply
+
+
+def apply_adapter(
+    model: nn.Module,
+    preset: AdapterPreset | str | Path,
+    *,
+    total_steps: int | None = None,
+    seed: int | None = None,
+) -> nn.Module:
+    """Attach the adapter described by ``preset`` to ``model`` and return the trainable model (base frozen).
+
+    Args:
+        model: a Hugging Face causal LM (any architecture built from ``nn.Linear``); may live on the meta device.
+        preset: an ``AdapterPreset``, a preset name or a YAML path.
+        total_steps: the real number of optimizer steps (required by AdaLoRA's rank schedule).
+        seed: seeds the adapter initialisation without touching the caller's global RNG.
+
+    Returns:
+        A ``PeftModel`` for PEFT methods; for native methods ``model`` itself with adapter layers injected.
+    """
+    preset = _as_preset(preset)
+    if getattr(model, "_cme_adapter", None) is not None:
+        raise CmeError(f"this model already carries a {model._cme_adapter['method']!r} adapter")
+    spec = get_method(preset.method)
+    was_training = model.training
+    if seed is None:
+        adapted, targets = _attach(model, spec, preset, total_steps)
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            adapted, targets = _attach(model, spec, preset, total_steps)
+    # New modules start in training mode; keep the caller's mode so an eval-mode model does not gain active dropout.
+    adapted.train(was_training)
+    adapted._cme_adapter = {
+        "method": spec.name,
+        "preset": preset.name,
+        "params": dict(preset.params),
+        "backend": spec.backend,
+        "routed": spec.routed,
+        "mergeable": spec.mergeable,
+        "targets": targets,
+        "total_steps": total_steps,
+    }
+    return adapted
+
+
+def _attach(
+    model: nn.Module, spec: MethodSpec, preset: AdapterPreset, total_steps: int | None
+) -> tuple[nn.Module, list[str]]:
+    if spec.backend == "peft":
+        return _apply_peft(model, spec, preset, total_steps)
+    return _apply_native(model, spec, preset.params)
+
+
+def _apply_native(model: nn.Module, spec: MethodSpec, params: dict[str, Any]) -> tuple[nn.Module, list[str]]:
+    kind = nn.Module if spec.scope == "mlp" else nn.Linear
+    paths = find_targets(model, params["target_modules"], kind)
+    if spec.scope == "mlp":
+        paths = [p for p in paths if hasattr(model.get_submodule(p), "gate_proj")]
+        if not paths:
+            raise CmeError(f"{spec.name}: no target among {params['target_modules']} is a gated FFN block")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    inject(model, paths, lambda module: spec.build_layer(module, params))
+    return model, paths
+
+
+def _apply_peft(
+    model: nn.Module, spec: MethodSpec, preset: AdapterPreset, total_steps: int | None
+) -> tuple[nn.Module, list[str]]:
+    from peft import get_peft_model
+
+    from cme_bench.tuners.peft_methods import build_peft_config
+
+    paths = find_targets(model, preset.params["target_modules"], nn.Linear)
+    config = build_peft_config(spec.name, preset.params, total_steps)
+    # On the meta device (parameter counting) let PEFT create the adapter on meta too instead of initialising
+    # hundreds of millions of CPU weights it would throw away.
+    on_meta = any(p.device.type == "meta" for p in model.parameters())
+    return get_peft_model(model, config, low_cpu_mem_usage=on_meta), paths
+
+
+def _info(model: nn.Module) -> dict[str, Any]:
+    info = getattr(model, "_cme_adapter", None)
+    if info is None:
+        raise CmeError("this model carries no cme-bench adapter (use apply_adapter or load_adapter first)")
+    return info
+
+
+def adapter_layers(model: nn.Module) -> list[tuple[str, AdapterLayerMixin]]:
+    """``(module path, layer)`` for every native adapter layer in ``model``."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, AdapterLayerMixin)]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training-time hooks and diagnostics
+
+
+def aux_loss(model: nn.Module) -> torch.Tensor | None:
+    """The weighted sum of every layer's auxiliary loss from the last forward, to add to the LM loss.
+
+    None when there is nothing to add: the method has no auxiliary loss, its weight is 0, or (AdaLoRA) PEFT already
+    added its orthogonality penalty to ``outputs.loss``.
+    """
+    terms = [
+        layer.aux_weight * layer.last_aux
+        for _, layer in adapter_layers(model)
+        if layer.aux_weight and layer.last_aux is not None
+    ]
+    return torch.stack([t.float() for t in terms]).sum() if terms else None
+
+
+def expert_load(model: nn.Module, *, cumulative: bool = False) -> dict[str, list[float]]:
+    """Per routed layer, the mean routing weight per expert (each token's weights normalised to sum 1).
+
+    ``cumulative=False`` reports the last forward; ``True`` the mean over forwards since ``reset_expert_load``.
+    TeamLoRA reports ``w / k``; SMoRA its per-rank gates / activate_r; MixLoRA its renormalised top-k gates.
+    ``{}`` for methods without routing.
+    """
+    out = {}
+    for name, layer in adapter_layers(model):
+        if cumulative and layer.load_sum is not None:
+            out[name] = (layer.load_sum / max(layer.load_count, 1)).tolist()
+        elif not cumulative and layer.last_load is not None:
+            out[name] = layer.last_load.tolist()
+    return out
+
+
+def reset_expert_load(model: nn.Module) -> None:
+    for _, layer in adapter_layers(model):
+        layer.reset_load()
+
+
+def adapter_stats(model: nn.Module) -> dict[str, float]:
+    """Scalar diagnostics of the last forward, e.g. TeamLoRA's ``teamlora/normalizer_min`` (min over layers) and
+    ``teamlora/balance_excess`` (mean of L_bal - (1 - 1/k)^2), and ``<method>/aux_loss`` (unweighted mean)."""
+    collected: dict[str, list[float]] = {}
+    for _, layer in adapter_layers(model):
+        for key, value in layer.stats.items():
+            collected.setdefault(f"{layer.method}/{key}", []).append(value)
+        if layer.last_aux is not None:
+            collected.setdefault(f"{layer.method}/aux_loss", []).append(float(layer.last_aux.detach()))
+    return {k: (min(v) if k.endswith("_min") else sum(v) / len(v)) for k, v in collected.items()}
+
+
+def set_task_types(model: nn.Module, task_types: torch.Tensor | None) -> None:
+    """Per-sample task types ``[batch]`` for LoRAMoE's localized balancing loss (1 = the first expert group)."""
+    for _, layer in adapter_layers(model):
+        if hasattr(layer, "task_types"):
+            layer.task_types = task_types
+
+
+def step_hook(model: nn.Module, step: int) -> None:
+    """Call after ``backward`` and before ``zero_grad``: AdaLoRA's ``update_and_allocate``; a no-op otherwise."""
+    info = getattr(model, "_cme_adapter", None)
+    if info and info["method"] == "adalora":
+        model.base_model.update_and_allocate(step)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Counting and description
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """``(trainable adapter parameters, base parameters)``; works on the meta device."""
+    trainable = base = 0
+    for name, p in model.named_parameters():
+        # AdaLoRA's frozen ``ranknum`` and any other adapter-owned tensor are not base parameters.
+        if p.requires_grad:
+            trainable += p.numel()
+        elif "lora_" not in name and "ranknum" not in name:
+            base += p.numel()
+    return trainable, base
+
+
+def adapter_info(model: nn.Module) -> dict[str, Any]:
+    """What a run record says about the adapter (method, preset, params, routed, mergeable, counts, deviations)."""
+    info = _info(model)
+    trainable, base = count_parameters(model)
+    spec = get_method(info["method"])
+    out = {k: v for k, v in info.items() if k != "targets"}
+    out.update(
+        {
+            "num_targets": len(info["targets"]),
+            "trainable_parameters": trainable,
+            "base_parameters": base,
+            "trainable_share": trainable / base if base else None,
+            "notes": list(spec.notes),
+            "deviations": deviations(info["method"], info["params"]),
+        }
+    )
+    if info["method"] == "adalora":
+        out["budget"] = {"stored_rank": info["params"]["init_r"], "target_rank": info["params"]["target_r"]}
+    return out
+
+
+def deviations(method: str, params: dict[str, Any]) -> list[str]:
+    """Labelled departures from the released code that these hyperparameters switch on."""
+    out = []
+    if method == "teamlora" and params.get("normalizer_eps") is not None:
+        out.append(f"teamlora normaliser clamped to |sum| >= {params['normalizer_eps']} (not in the release)")
+    if params.get("forward") == "fused" and method in ("moelora", "hydralora", "loramoe") and params["dropout"]:
+        out.append(f"{method} fused form shares one dropout mask across experts (release: one per expert)")
+    if method == "loramoe" and params.get("blc_weight"):
+        out.append("loramoe L_lbc without task types set (set_task_types) reduces to a plain CV^2 balance")
+    if method == "mixlora":
+        out.append("mixlora: FFN experts only (template also adds LoRA on q,k,v,o); balance loss includes padding")
+    return out
+
+
+# The TeamLoRA paper's trainable-share column (teamlora.md §7-§8): (row label, preset, printed share in %).
+PAPER_SHARES = [
+    ("LoRA r32", "lora", 0.67),
+    ("LoRA r128", "lora-r128", 2.68),
+    ("MoELoRA 4 x r32", "moelora", 2.71),
+    ("HydraLoRA A r32 + 4 heads", "hydralora", 1.84),
+    ("TeamLoRA r_B=32 (r_A=128)", "teamlora", 2.71),
+    ("TeamLoRA r_B=16 (r_A=64)", "teamlora-r16", 1.35),
+]
+PAPER_BASE = "llama2-7b-cme"
+
+
+def paper_base_config() -> Any:
+    """Chinese-LLaMA-2-7B's shape: LLaMA-2-7B with a 55,296-token vocabulary (6,929,256,448 parameters)."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=55296,
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        tie_word_embeddings=False,
+        architectures=["LlamaForCausalLM"],
+    )
+
+
+def count_on_meta(config: Any, preset: AdapterPreset | str | Path) -> dict[str, Any]:
+    """Adapter parameter counts for a model ``config`` built on the meta device (no weights; seconds for 7B).
+
+    Returns ``trainable``, ``base``, ``router`` (router parameters included in ``trainable``), ``share`` and
+    ``share_without_router`` (fractions of the base).
+    """
+    from cme_bench.models import build_on_meta
+
+    preset = _as_preset(preset)
+    model = apply_adapter(build_on_meta(config), preset, total_steps=1000)
+    trainable, base = count_parameters(model)
+    router = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and ".lora_route" in n)
+    return {
+        "preset": preset.name,
+        "method": preset.method,
+        "trainable": trainable,
+        "base": base,
+        "router": router,
+        "share": trainable / base,
+        "share_without_router": (trainable - router) / base,
+    }
+
+
+def compare_paper() -> list[dict[str, Any]]:
+    """Our shares beside the paper's printed ones, on the paper's base shape with FFN-only targets."""
+    config = paper_base_config()
+    return [{"row": row, "paper_percent": paper, **count_on_meta(config, name)} for row, name, paper in PAPER_SHARES]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# State, save and load
+
+
+def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every adapter tensor (trainable ones and saved buffers such as SMoRA's biases), detached.
+
+    Keys: for native methods the module path in the base model plus the ``lora_*`` name; for PEFT methods PEFT's own
+    ``get_peft_model_state_dict`` keys (what ``adapter_model.safetensors`` holds).
+    """
+    info = _info(model)
+    if info["backend"] == "peft":
+        from peft import get_peft_model_state_dict
+
+        return {k: v.detach() for k, v in get_peft_model_state_dict(model).items()}
+    return {k: v.detach() for k, v in model.state_dict().items() if ".lora_" in k or k.startswith("lora_")}
+
+
+def load_adapter_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy ``state`` into the adapter of ``model``; missing/unexpected keys or wrong shapes raise CmeError."""
+    expected = adapter_state(model)
+    check_state(expected, state)
+    if _info(model)["backend"] == "peft":
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, state)
+        return
+    live = model.state_dict()
+    with torch.no_grad():
+        for key, value in state.items():
+            live[key].copy_(value.to(live[key].dtype))
+
+
+def check_state(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> None:
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    shapes = [
+        f"{k}: checkpoint {tuple(given[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in sorted(set(expected) & set(given))
+        if tuple(given[k].shape) != tuple(expected[k].shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys ({len(missing)}): {_shorten(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys ({len(unexpected)}): {_shorten(unexpected)}")
+    if shapes:
+        problems.append(f"wrong shapes ({len(shapes)}): {_shorten(shapes)}")
+    if problems:
+        raise CmeError("adapter checkpoint does not match the model:\n  - " + "\n  - ".join(problems))
+
+
+def _shorten(items: list[str], n: int = 6) -> str:
+    return ", ".join(items[:n]) + (f", ... (+{len(items) - n} more)" if len(items) > n else "")
+
+
+def save_adapter(model: nn.Module, out_dir: str | Path, *, base_info: dict[str, Any]) -> Path:
+    """Write ``adapter_config.json`` + ``adapter_model.safetensors`` to ``out_dir`` atomically.
+
+    The folder is written under a temporary name next to ``out_dir`` and moved into place with ``os.replace``, so a
+    crash never leaves a half-written adapter. ``base_info`` is ``cme_bench.models.architecture_info(base)``.
+    """
+    info = _info(model)
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        if info["backend"] == "peft":
+            _write_peft(model, tmp, info, base_info)
+        else:
+            _write_native(model, tmp, info, base_info)
+        _fsync_dir(tmp)
+        _replace_dir(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def _cme_fields(info: dict[str, Any], base_info: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "method": info["method"],
+        "preset": info["preset"],
+        "params": info["params"],
+        "target_modules": info["targets"],
+        "base_model": base_info,
+    }
+
+
+def _write_native(model: nn.Module, tmp: Path, info: dict[str, Any], base_info: dict[str, Any]) -> None:
+    from safetensors.torch import save_file
+
+    tmp.mkdir()
+    tensors = {k: v.contiguous().cpu() for k, v in adapter_state(model).items()}
+    save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": FORMAT, "method": info["method"]})
+    (tmp / CONFIG_NAME).write_text(json.dumps(_cme_fields(info, base_info), indent=2, sort_keys=True) + "\n")
+
+
+def _write_peft(model: nn.Module, tmp: Path, info: dict[str, Any], base_info: dict[str, Any]) -> None:
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    config_path = tmp / CONFIG_NAME
+    config = json.loads(config_path.read_text())
+    config["cme_bench"] = _cme_fields(info, base_info)
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def _fsync_dir(folder: Path) -> None:
+    for path in folder.iterdir():
+        with open(path, "rb") as fh:
+            os.fsync(fh.fileno())
+
+
+def _replace_dir(tmp: Path, out_dir: Path) -> None:
+    """``os.replace`` a folder into place; an existing ``out_dir`` is moved aside first (replace needs it gone)."""
+    if out_dir.exists():
+        old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out_dir)
+
+
+def read_adapter_config(adapter_dir: str | Path) -> tuple[Path, dict[str, Any], Path]:
+    """``(folder, adapter_config.json contents, weights path)``; refuses pickled weights."""
+    folder = Path(adapter_dir).expanduser()
+    config_path = folder / CONFIG_NAME
+    if not config_path.is_file():
+        raise CmeError(f"{str(folder)!r} is not an adapter folder: {CONFIG_NAME} is missing")
+    weights = folder / WEIGHTS_NAME
+    if not weights.is_file():
+        pickled = [p.name for p in folder.glob("*.bin")] + [p.name for p in folder.glob("*.pt")]
+        hint = (
+            f" ({', '.join(pickled)} found: convert it to safetensors; cme-bench never unpickles)" if pickled else ""
+        )
+        raise CmeError(f"{str(folder)!r} has no {WEIGHTS_NAME}{hint}")
+    return folder, json.loads(config_path.read_text()), weights
+
+
+def detect_layout(config: dict[str, Any]) -> str:
+    """``"cme-bench"``, ``"teamlora-authors"`` (PEFT-style LoRA config with ``lora_nums``) or ``"peft"``."""
+    if config.get("format") == FORMAT:
+        return "cme-bench"
+    if "peft_type" in config and config.get("lora_nums"):
+        return "teamlora-authors"
+    if "peft_type" in config:
+        return "peft"
+    raise CmeError(f"unrecognised adapter_config.json (keys: {', '.join(sorted(config))})")
+
+
+def load_adapter(base_model: nn.Module, adapter_dir: str | Path) -> nn.Module:
+    """Attach a saved adapter to ``base_model`` strictly (ours, PEFT's, or the TeamLoRA authors' layout)."""
+    from safetensors.torch import load_file
+
+    folder, config, weights = read_adapter_config(adapter_dir)
+    layout = detect_layout(config)
+    state = load_file(str(weights))
+    if layout == "cme-bench":
+        check_base(config.get("base_model"), base_model)
+        preset = AdapterPreset(config["preset"], config["method"], config["params"], None, "")
+        model = _apply_saved(base_model, preset, config["target_modules"])
+    elif layout == "teamlora-authors":
+        model = _apply_authors(base_model, config)
+        from cme_bench.tuners.teamlora import import_authors_state
+
+        state = import_authors_state(state, int(config["lora_nums"]))
+    else:
+        return _load_peft(base_model, folder, config, state)
+    load_adapter_state(model, state)
+    return model
+
+
+def _apply_saved(base_model: nn.Module, preset: AdapterPreset, targets: list[str]) -> nn.Module:
+    """Re-apply with the exact saved module paths, so the layer set cannot drift with the target patterns."""
+    spec = get_method(preset.method)
+    params = spec.validate({**preset.params}, where="saved adapter config")
+    exact = AdapterPreset(preset.name, spec.name, {**params, "target_modules": targets}, None, "")
+    model = apply_adapter(base_model, exact)
+    model._cme_adapter["params"] = params
+    return model
+
+
+def _apply_authors(base_model: nn.Module, config: dict[str, Any]) -> nn.Module:
+    targets = config.get("target_modules") or []
+    targets = ["re:" + targets] if isinstance(targets, str) else list(targets)
+    params = {
+        "r_a": int(config["r"]),
+        "num_experts": int(config["lora_nums"]),
+        "alpha": config.get("lora_alpha") or 1,
+        "dropout": float(config.get("lora_dropout") or 0.0),
+        "target_modules": targets,
+    }
+    preset = preset_from_dict({"method": "teamlora", "params": params}, name="teamlora-authors")
+    log.info("detected the TeamLoRA authors' checkpoint layout (k=%d, r_A=%d)", params["num_experts"], params["r_a"])
+    return apply_adapter(base_model, preset)
+
+
+def _load_peft(base_model: nn.Module, folder: Path, config: dict[str, Any], state: dict[str, torch.Tensor]):
+    from peft import PeftConfig, get_peft_model
+
+    cme = config.get("cme_bench") or {}
+    if cme.get("base_model"):
+        check_base(cme["base_model"], base_model)
+    with warnings.catch_warnings():
+        # PEFT warns about the extra "cme_bench" key we add to its config; it ignores the key, as intended.
+        warnings.filterwarnings("ignore", message=r"Unexpected keyword arguments \['cme_bench'\]")
+        peft_config = PeftConfig.from_pretrained(str(folder))
+    peft_config.inference_mode = False
+    method = cme.get("method") or _peft_method(config)
+    targets = find_targets(base_model, _targets_from_peft(peft_config.target_modules), nn.Linear)
+    was_training = base_model.training
+    model = get_peft_model(base_model, peft_config)
+    model.train(was_training)
+    model._cme_adapter = {
+        "method": method,
+        "preset": cme.get("preset", folder.name),
+        "params": cme.get("params", {}),
+        "backend": "peft",
+        "routed": False,
+        "mergeable": True,
+        "targets": targets,
+        "total_steps": getattr(peft_config, "total_step", None),
+    }
+    load_adapter_state(model, state)
+    return model
+
+
+def _peft_method(config: dict[str, Any]) -> str:
+    if config["peft_type"] == "ADALORA":
+        return "adalora"
+    if config["peft_type"] == "LORA":
+        return "dora" if config.get("use_dora") else "lora"
+    raise CmeError(f"unsupported PEFT adapter type {config['peft_type']!r} (supported: LORA, ADALORA)")
+
+
+def _targets_from_peft(targets: Any) -> list[str]:
+    if isinstance(targets, str):
+        return ["re:" + targets]
+    return sorted(targets or [])
+
+
+def check_base(saved: dict[str, Any] | None, base_model: nn.Module) -> None:
+    """Refuse a base whose architecture differs from the one the adapter was trained on (naming each field)."""
+    if not saved:
+        log.warning("adapter records no base model; skipping the architecture check")
+        return
+    from cme_bench.models import architecture_info
+
+    current = architecture_info(base_model)
+    diffs = [
+        f"{k}: adapter was trained on {saved[k]!r}, this model has {current.get(k)!r}"
+        for k in BASE_FIELDS
+        if k in saved and saved[k] is not None and saved[k] != current.get(k)
+    ]
+    if diffs:
+        raise CmeError("adapter was trained on a different base architecture:\n  - " + "\n  - ".join(diffs))
+    if saved.get("fingerprint") and saved["fingerprint"] != current.get("fingerprint"):
+        log.warning("base model fingerprint differs from the adapter's (same architecture, different weights?)")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Merge
+
+
+def merge_adapter(model: nn.Module) -> nn.Module:
+    """Fold a mergeable adapter into the base weights and return the plain HF model.
+
+    Routed methods raise CmeError: their weights depend on each token, so no single weight matrix reproduces them.
+    """
+    info = _info(model)
+    if not info["mergeable"]:
+        raise CmeError(
+            f"{info['method']} cannot be merged: its expert weights are computed per token by a router, so no "
+            "single weight matrix reproduces it. Evaluate it unmerged with the HF backend (collapsing the routing to "
+            "a constant and merging is an approximation that a report would have to label)."
+        )
+    if info["backend"] == "peft":
+        merged = model.merge_and_unload()
+    else:
+        merged = _merge_native(model)
+    merged._cme_adapter = None
+    for p in merged.parameters():
+        p.requires_grad_(False)
+    return merged
+
+
+def _merge_native(model: nn.Module) -> nn.Module:
+    for path, layer in adapter_layers(model):
+        base = layer.base_layer
+        with torch.no_grad():
+            base.weight += layer.delta_weight().to(base.weight.dtype)
+        parent_path, _, child = path.rpartition(".")
+        setattr(model.get_submodule(parent_path) if parent_path else model, child, base)
+    return model
+
+
+def methods() -> list[MethodSpec]:
+    """Every registered method, sorted by name."""
+    return [TUNERS.get(name) for name in TUNERS.names()]

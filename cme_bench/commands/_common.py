@@ -1,0 +1,46 @@
+"""Helpers shared by the run/train/eval/sweep verbs: the outcome line and the leaderboard refresh."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-baseline",
+        dest="baseline",
+        action="store_false",
+        help="skip evaluating the base model (every leaderboard needs that row; it is reused once recorded)",
+    )
+    parser.add_argument("--no-report", dest="report", action="store_false", help="do not refresh the leaderboard")
+
+
+def print_outcome(record: dict[str, Any]) -> None:
+    metrics = record.get("metrics") or {}
+    line = f"{record['run_id']}: {record['status']}"
+    if metrics:
+        mean = sum(m["value"] for m in metrics.values()) / len(metrics)
+        line += f", mean over {len(metrics)} tasks = {mean:.4f}"
+    if record.get("error"):
+        line += f" ({record['error']['type']}: {record['error']['message']})"
+    print(line)
+
+
+def refresh_report(args: argparse.Namespace) -> None:
+    """Rebuild the leaderboard from every run under --output; a reporting problem never fails the run."""
+    if not getattr(args, "report", False):
+        return
+    try:
+        from cme_bench.report import build_report
+    except ImportError:
+        return
+    try:
+        out = build_report(Path(args.output), Path(args.output) / "leaderboard")
+        print(f"leaderboard: {out}")
+    except Exception as exc:  # the run itself is recorded; the report can be rebuilt with `cme-bench report`
+        log.warning("could not refresh the leaderboard: %s", exc)

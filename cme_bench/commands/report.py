@@ -1,0 +1,54 @@
+"""`cme-bench report`: run records -> Markdown/CSV/LaTeX/JSON tables and a static HTML leaderboard."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "turn run records into tables and a static HTML leaderboard (with intervals and paired tests)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--results", default="results", metavar="DIR", help="folder searched for */run.json")
+    parser.add_argument("--out", default=None, metavar="DIR", help="output folder (default: RESULTS/leaderboard)")
+    parser.add_argument("--open", action="store_true", help="open the leaderboard in the default browser")
+    parser.add_argument("--bootstrap", type=int, default=1000, metavar="B", help="bootstrap resamples (default 1000)")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    parser.add_argument(
+        "--max-sample-runs",
+        type=int,
+        default=40,
+        metavar="N",
+        help="runs embedded per task in the sample viewer (best N plus base models; default 40)",
+    )
+    parser.add_argument("--no-html", action="store_true", help="write only the text tables")
+
+
+def main(args: argparse.Namespace) -> int:
+    import logging
+    import time
+    import webbrowser
+    from pathlib import Path
+
+    from cme_bench.errors import CmeError
+    from cme_bench.report.pipeline import build_report, write_site, write_text_outputs
+
+    if args.bootstrap < 10:
+        raise CmeError(f"--bootstrap {args.bootstrap} is too small; use at least 10 (1000 is the default)")
+    results = Path(args.results)
+    out = Path(args.out) if args.out else results / "leaderboard"
+    start = time.perf_counter()
+    report = build_report(results, out=out, n_boot=args.bootstrap, seed=args.seed)
+    if not report.analysis.runs:
+        raise CmeError(f"no readable run records (*/run.json) under {str(results)!r}")
+    files = write_text_outputs(report, out)
+    index = None if args.no_html else write_site(report, out, max_sample_runs=args.max_sample_runs)
+    logging.getLogger(__name__).debug("report took %.2f s", time.perf_counter() - start)
+    a = report.analysis
+    print(f"{len(a.runs)} run(s) ({len(a.ok_runs)} successful), {len(a.tasks)} task(s), {len(a.domains)} domain(s)")
+    for path in files.values():
+        print(f"wrote {path}")
+    if index is not None:
+        print(f"wrote {index} (static site: open it from disk, no server needed)")
+        if args.open:
+            webbrowser.open(index.resolve().as_uri())
+    return 0

@@ -1,0 +1,136 @@
+"""RunConfig: everything one run needs, validated once at the boundary, shared by run/train/eval/sweep.
+
+Precedence: command-line flags > the defaults below. Adapter hyperparameters live in the adapter preset
+(``adapters/<name>.yaml``), not here. The defaults make ``cme-bench run`` with no arguments a quick, complete run on a
+laptop (SmolLM2-135M + TeamLoRA on CME-mini, about 10 minutes on 2 CPU cores); a paper-scale run raises
+``--max-steps``/``--epochs``, ``--train-cap`` and ``--limit``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from cme_bench.errors import ConfigError
+from cme_bench.results import make_run_id
+
+BACKENDS = ("hf", "vllm")
+NO_ADAPTER = "none"
+
+
+@dataclass
+class RunConfig:
+    model: str = "smollm2-135m"
+    adapter: str = "teamlora"
+    suite: str = "cme-mini"
+    tasks: list[str] | None = None
+    include_path: list[str] = field(default_factory=list)
+    output: str = "results"
+    seed: int = 0
+    trust_remote_code: bool = False
+    # training
+    max_steps: int = 120
+    epochs: float = 1.0
+    batch_size: int = 8
+    grad_accum: int = 1
+    learning_rate: float = 3e-4
+    max_seq_len: int = 384
+    train_cap: int = 300
+    mix: str = "size"
+    temperature: float = 2.0
+    extra_data: list[str] = field(default_factory=list)
+    checkpoint_every: int = 25
+    gradient_checkpointing: bool = False
+    resume: bool = False
+    # evaluation
+    limit: int | None = 40
+    eval_batch_size: int = 16
+    backend: str = "hf"
+    # bookkeeping
+    force: bool = False
+    tag: str | None = None
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        problems = []
+        for key in ("max_steps", "batch_size", "grad_accum", "max_seq_len", "train_cap", "eval_batch_size"):
+            value = getattr(self, key)
+            if value < (0 if key in ("max_steps", "train_cap") else 1):
+                problems.append(f"--{key.replace('_', '-')} must be positive, got {value!r}")
+        if self.limit is not None and self.limit < 0:
+            problems.append(f"--limit must be >= 0 (0 = every test document), got {self.limit!r}")
+        if self.backend not in BACKENDS:
+            problems.append(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.mix not in ("size", "temperature"):
+            problems.append(f"--mix must be size or temperature, got {self.mix!r}")
+        if not self.learning_rate > 0:
+            problems.append(f"--lr must be > 0, got {self.learning_rate!r}")
+        for path in self.include_path + self.extra_data:
+            if not Path(path).exists():
+                problems.append(f"path does not exist: {path}")
+        if problems:
+            raise ConfigError(problems, "arguments")
+        if self.limit == 0:
+            self.limit = None
+
+    @property
+    def adapter_label(self) -> str:
+        return NO_ADAPTER if self.adapter == NO_ADAPTER else Path(self.adapter).stem
+
+    def run_id(self, stage: str | None = None) -> str:
+        tag = "-".join(t for t in (self.tag, stage) if t) or None
+        return make_run_id(self.model, self.adapter_label, self.suite, self.seed, tag)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def is_main_process(self) -> bool:
+        return int(os.environ.get("RANK", "0")) == 0
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, *, train: bool = True, evaluate: bool = True) -> None:
+    """The flags shared by run/train/eval/sweep; each verb adds its own on top."""
+    d = RunConfig()
+    parser.add_argument("--model", default=d.model, help="model folder, .gguf file, built-in name or hf:org/name")
+    parser.add_argument("--suite", default=d.suite, help="task suite (default: %(default)s)")
+    parser.add_argument("--tasks", help="comma-separated task names (default: every task of the suite)")
+    parser.add_argument("--include-path", action="append", default=[], help="extra folder of lm-eval task YAMLs")
+    parser.add_argument("--output", default=d.output, help="results folder (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument(
+        "--trust-remote-code", action="store_true", help="allow a model folder's own Python code (off by default)"
+    )
+    parser.add_argument("--tag", help="suffix for the run id, to keep variants of one setting apart")
+    parser.add_argument("--force", action="store_true", help="rerun even if a finished run record exists")
+    if train:
+        g = parser.add_argument_group("training")
+        g.add_argument("--max-steps", type=int, default=d.max_steps, help="optimiser steps (0: use --epochs)")
+        g.add_argument("--epochs", type=float, default=d.epochs)
+        g.add_argument("--batch-size", type=int, default=d.batch_size)
+        g.add_argument("--grad-accum", type=int, default=d.grad_accum)
+        g.add_argument("--lr", dest="learning_rate", type=float, default=d.learning_rate)
+        g.add_argument("--max-seq-len", type=int, default=d.max_seq_len)
+        g.add_argument("--train-cap", type=int, default=d.train_cap, help="training examples per task (0: all)")
+        g.add_argument("--mix", default=d.mix, help="mixing: size | temperature (fixed proportions: tasks export)")
+        g.add_argument("--temperature", type=float, default=d.temperature, help="for --mix temperature")
+        g.add_argument("--extra-data", action="append", default=[], help="instruction JSONL to mix in")
+        g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+        g.add_argument("--gradient-checkpointing", action="store_true")
+        g.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    if evaluate:
+        g = parser.add_argument_group("evaluation")
+        g.add_argument("--limit", type=int, default=d.limit, help="test documents per task (0: all)")
+        g.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
+        g.add_argument("--backend", default=d.backend, help="generation backend: hf | vllm")
+
+
+def config_from_args(args: argparse.Namespace, **overrides: Any) -> RunConfig:
+    names = {f.name for f in fields(RunConfig)}
+    values = {k: v for k, v in vars(args).items() if k in names}
+    if isinstance(values.get("tasks"), str):
+        values["tasks"] = [t.strip() for t in values["tasks"].split(",") if t.strip()]
+    values.update(overrides)
+    return RunConfig(**values)

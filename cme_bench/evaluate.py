@@ -1,0 +1,211 @@
+"""Evaluation through lm-evaluation-harness, on the in-memory adapted model.
+
+lm-eval receives the very model object we trained (``HFLM(pretrained=<model>)``), never a path it would reload with
+its own loader: a routed adapter can therefore never be silently replaced by a plain one. Before scoring,
+``check_adapter_applied`` compares the adapted model's logits with the base model's on a probe batch and fails loudly
+when they are equal.
+
+Tasks run one at a time so that progress is reported per task, including lm-eval's scoring phase, and so that a
+per-task summary (primary metric, stderr, n) and per-sample log can be written as soon as each task finishes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cme_bench.errors import CmeError
+
+log = logging.getLogger(__name__)
+
+PROBE_PROMPTS = (
+    "Question: Which planet is known as the red planet?\nAnswer:",
+    "Sentence 1: A man is playing a guitar.\nSentence 2: A person plays music.\nLabel:",
+    "The quick brown fox jumps over the lazy dog because",
+)
+
+
+@dataclass
+class TaskResult:
+    task: str
+    metric: str
+    value: float
+    stderr: float | None
+    n: int
+    seconds: float
+    samples: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class EvalOutput:
+    tasks: dict[str, TaskResult]
+    lm_eval: dict[str, Any]
+    seconds: float
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The adapter-applied probe
+
+
+@torch.no_grad()
+def probe_logits(model: torch.nn.Module, tokenizer: Any) -> torch.Tensor:
+    """Last-position logits on a fixed probe batch (fp32, CPU)."""
+    enc = tokenizer(list(PROBE_PROMPTS), return_tensors="pt", padding=True)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = model(input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device))
+    model.train(was_training)
+    return out.logits[:, -1, :].float().cpu()
+
+
+def check_adapter_applied(base_logits: torch.Tensor, model: torch.nn.Module, tokenizer: Any) -> float:
+    """Max |logit difference| between the adapted model and its base on the probe batch; raises when it is zero.
+
+    A trained adapter changes the logits. Equal logits mean the adapter was dropped, loaded as zeros, or never
+    injected, and every score that follows would silently be the base model's.
+    """
+    delta = float((probe_logits(model, tokenizer) - base_logits).abs().max())
+    if not delta > 0:
+        raise CmeError(
+            "the adapter is not applied: the adapted model's logits equal the base model's on the probe batch "
+            "(an untrained adapter, weights loaded as zeros, or layers that were never injected)"
+        )
+    log.info("adapter applied: max |logit delta| on the probe batch = %.3g", delta)
+    return delta
+
+
+# --------------------------------------------------------------------------------------------------------------
+# lm-eval
+
+
+def _progress_lm(model: torch.nn.Module, tokenizer: Any, batch_size: int, on_phase: Callable[[str], None]):
+    """An HFLM over the in-memory model that reports when generation ends and scoring begins."""
+    from lm_eval.models.huggingface import HFLM
+
+    class ProgressHFLM(HFLM):
+        def generate_until(self, requests, disable_tqdm: bool = False):
+            on_phase(f"generating {len(requests)}")
+            out = super().generate_until(requests, disable_tqdm=disable_tqdm)
+            on_phase("scoring")
+            return out
+
+        def loglikelihood(self, requests, disable_tqdm: bool = False):
+            on_phase(f"scoring {len(requests)} continuations")
+            out = super().loglikelihood(requests, disable_tqdm=disable_tqdm)
+            on_phase("scoring")
+            return out
+
+    return ProgressHFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(model.device))
+
+
+def _pick_metric(task_results: dict[str, Any], primary: str | None) -> tuple[str, str]:
+    """(metric key such as "exact_match,strict", its metric name); prefers the registry's primary metric."""
+    keys = [k for k in task_results if "," in k and "_stderr" not in k and k != "alias"]
+    if not keys:
+        raise CmeError(f"lm-eval returned no metric for this task: {sorted(task_results)}")
+    if primary:
+        for key in keys:
+            if key.split(",")[0] == primary:
+                return key, primary
+    return keys[0], keys[0].split(",")[0]
+
+
+def _sample_rows(samples: list[dict[str, Any]], metric: str, filter_key: str) -> list[dict[str, Any]]:
+    rows = []
+    for s in samples:
+        if s.get("filter", filter_key) != filter_key:
+            continue
+        args = s["arguments"][0] if s.get("arguments") else ("",)
+        resp = s["filtered_resps"][0] if s.get("filtered_resps") else None
+        rows.append(
+            {
+                "doc_id": s["doc_id"],
+                "prompt": args[0] if isinstance(args, (list, tuple)) else str(args),
+                "target": s.get("target"),
+                "prediction": resp if isinstance(resp, str) else str(resp),
+                "score": float(s[metric]) if metric in s else None,
+                "metrics": {m: s[m] for m in s.get("metrics", []) if m in s},
+            }
+        )
+    return rows
+
+
+def evaluate(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    tasks: Sequence[str],
+    *,
+    include_path: Sequence[Path] = (),
+    limit: int | None = None,
+    batch_size: int = 16,
+    seed: int = 0,
+    primary_metric: Callable[[str], str | None] | None = None,
+    on_task_done: Callable[[TaskResult], None] | None = None,
+    progress: bool = True,
+) -> EvalOutput:
+    """Run ``tasks`` through lm-eval's ``simple_evaluate`` on the in-memory ``model``.
+
+    Args:
+        limit: documents per task (None: the whole test part).
+        primary_metric: task name -> the metric that summarises it (the task registry's); else the first metric.
+        on_task_done: called after each task, e.g. to write its samples to disk at once.
+    """
+    from lm_eval import simple_evaluate
+    from tqdm.auto import tqdm
+
+    from cme_bench import taskreg
+
+    manager = taskreg.task_manager(include_path)
+    bar = tqdm(total=len(tasks), desc="eval", disable=not progress)
+    lm = _progress_lm(model, tokenizer, batch_size, lambda phase: bar.set_postfix_str(f"{current}: {phase}"))
+    merged: dict[str, Any] = {"results": {}, "versions": {}, "n-samples": {}, "higher_is_better": {}, "configs": {}}
+    results: dict[str, TaskResult] = {}
+    t_all = time.perf_counter()
+    for current in tasks:
+        t0 = time.perf_counter()
+        bar.set_postfix_str(f"{current}: building prompts")
+        out = simple_evaluate(
+            model=lm,
+            tasks=[current],
+            limit=limit,
+            log_samples=True,
+            task_manager=manager,
+            random_seed=seed,
+            numpy_random_seed=seed,
+            torch_random_seed=seed,
+            fewshot_random_seed=seed,
+            bootstrap_iters=1000,
+        )
+        if out is None:  # non-zero ranks under distributed evaluation
+            continue
+        for key in merged:
+            merged[key].update(out.get(key, {}))
+        task_results = out["results"][current]
+        key, metric = _pick_metric(task_results, primary_metric(current) if primary_metric else None)
+        filter_key = key.split(",", 1)[1]
+        stderr = task_results.get(f"{metric}_stderr,{filter_key}")
+        rows = _sample_rows(out["samples"].get(current, []), metric, filter_key)
+        result = TaskResult(
+            task=current,
+            metric=metric,
+            value=float(task_results[key]),
+            stderr=float(stderr) if isinstance(stderr, (int, float)) else None,
+            n=len(rows),
+            seconds=round(time.perf_counter() - t0, 3),
+            samples=rows,
+        )
+        results[current] = result
+        if on_task_done:
+            on_task_done(result)
+        bar.update(1)
+        bar.set_postfix_str(f"{current}: {metric}={result.value:.3f}")
+        log.info("%s: %s = %.4f (n=%d, %.1fs)", current, metric, result.value, result.n, result.seconds)
+    bar.close()
+    return EvalOutput(tasks=results, lm_eval=merged, seconds=round(time.perf_counter() - t_all, 3))

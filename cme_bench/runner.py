@@ -1,0 +1,286 @@
+"""Run orchestration: train + evaluate + record one run, evaluate a base or saved adapter, and sweep adapters.
+
+Every stage updates ``results/<run-id>/run.json`` atomically, so a crash leaves a record that says how far the run
+got (``status: running``, or ``failed``/``cancelled`` with the error). A failure inside a sweep is recorded and the
+sweep goes on; the caller learns from the returned statuses which runs failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cme_bench import adapters, results, taskreg
+from cme_bench.config import NO_ADAPTER, RunConfig
+from cme_bench.errors import CmeError
+from cme_bench.evaluate import EvalOutput, TaskResult, check_adapter_applied, evaluate, probe_logits
+from cme_bench.models import LoadedModel, architecture_info, load_model
+from cme_bench.train import TrainConfig, total_steps, train
+
+log = logging.getLogger(__name__)
+
+
+class RunRecord:
+    """The run folder and its ``run.json``, saved after every change."""
+
+    def __init__(self, run_dir: Path, data: dict[str, Any], enabled: bool = True) -> None:
+        self.dir, self.data, self.enabled = run_dir, data, enabled
+
+    def save(self) -> None:
+        if self.enabled:
+            results.write_json_atomic(self.dir / "run.json", self.data)
+
+    def update(self, **fields: Any) -> None:
+        self.data.update(fields)
+        self.save()
+
+    def add_task(self, result: TaskResult) -> None:
+        rel = f"samples/{result.task}.jsonl"
+        if self.enabled:
+            results.write_jsonl_atomic(self.dir / rel, result.samples)
+        self.data["metrics"][result.task] = {
+            "metric": result.metric,
+            "value": result.value,
+            "stderr": result.stderr,
+            "n": result.n,
+            "seconds": result.seconds,
+        }
+        self.data["samples"][result.task] = rel
+        self.save()
+
+
+def _open_record(cfg: RunConfig, run_id: str, name: str) -> RunRecord:
+    run_dir = Path(cfg.output) / run_id
+    existing = results.read_run(run_dir) if cfg.resume else None
+    data = existing or results.new_record(run_id, name, cfg.to_dict())
+    data.update(status="running", error=None, config=cfg.to_dict())
+    record = RunRecord(run_dir, data, enabled=cfg.is_main_process())
+    record.save()
+    return record
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _model_info(loaded: LoadedModel, info: dict[str, Any]) -> dict[str, Any]:
+    return {"spec": loaded.spec, "name": loaded.name, "source": loaded.source, **info}
+
+
+def _tasks(cfg: RunConfig) -> list[str]:
+    if cfg.tasks:
+        return list(cfg.tasks)
+    return taskreg.suite_tasks(cfg.suite, [Path(p) for p in cfg.include_path])
+
+
+def _training_records(cfg: RunConfig, tasks: list[str]) -> list[dict[str, str]]:
+    from cme_bench.mixture import MixtureConfig, build_mixture
+
+    mix = MixtureConfig(
+        suite=cfg.suite,
+        tasks=tasks,
+        mixing=cfg.mix,
+        temperature=cfg.temperature,
+        cap_per_task=cfg.train_cap or None,
+        seed=cfg.seed,
+        instruction_files=[Path(p) for p in cfg.extra_data],
+    )
+    records = build_mixture(mix, include_path=[Path(p) for p in cfg.include_path])
+    if not records:
+        raise CmeError(f"the training mixture for {cfg.suite} / {tasks} is empty")
+    return records
+
+
+def _train_config(cfg: RunConfig) -> TrainConfig:
+    return TrainConfig(
+        learning_rate=cfg.learning_rate,
+        batch_size=cfg.batch_size,
+        grad_accum=cfg.grad_accum,
+        max_steps=cfg.max_steps,
+        epochs=cfg.epochs,
+        max_seq_len=cfg.max_seq_len,
+        checkpoint_every=cfg.checkpoint_every,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        seed=cfg.seed,
+    )
+
+
+def _evaluate(cfg: RunConfig, record: RunRecord, model, tokenizer, tasks: list[str], adapter_dir: Path | None):
+    """Evaluate with the chosen backend and store the results in the record."""
+    include = [Path(p) for p in cfg.include_path]
+    t0 = time.perf_counter()
+    if cfg.backend == "vllm":
+        from cme_bench import vllm_backend
+
+        out: EvalOutput = vllm_backend.evaluate_run(
+            record.data["model"]["spec"],
+            adapter_dir,
+            tasks,
+            limit=cfg.limit,
+            batch_size=cfg.eval_batch_size,
+            include_path=include,
+            seed=cfg.seed,
+            on_task_done=record.add_task,
+        )
+    else:
+        out = evaluate(
+            model,
+            tokenizer,
+            tasks,
+            include_path=include,
+            limit=cfg.limit,
+            batch_size=cfg.eval_batch_size,
+            seed=cfg.seed,
+            primary_metric=lambda t: taskreg.task_info(t, include).primary_metric,
+            on_task_done=record.add_task,
+        )
+    lm = out.lm_eval
+    record.data["evaluation"] = {
+        "backend": cfg.backend,
+        "batch_size": cfg.eval_batch_size,
+        "limit": cfg.limit,
+        "seconds": round(time.perf_counter() - t0, 3),
+        "lm_eval": {k: lm.get(k) for k in ("results", "versions", "n-samples", "higher_is_better", "configs")},
+    }
+
+
+def _finish(record: RunRecord, status: str, exc: BaseException | None = None) -> None:
+    record.update(status=status, error=results.error_info(exc) if exc else None, finished_at=results.now())
+
+
+def _guarded(record: RunRecord, body) -> dict[str, Any]:
+    """Run ``body()``; whatever happens, the record ends as success, failed or cancelled."""
+    try:
+        body()
+    except KeyboardInterrupt as exc:
+        _finish(record, "cancelled", exc)
+        raise
+    except Exception as exc:
+        _finish(record, "failed", exc)
+        raise
+    _finish(record, "success")
+    return record.data
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Public entry points
+
+
+def run(cfg: RunConfig, *, do_eval: bool = True) -> dict[str, Any]:
+    """Fine-tune ``cfg.adapter`` on the suite's training mixture, then (``do_eval``) evaluate it on the suite."""
+    if cfg.adapter == NO_ADAPTER:
+        return evaluate_base_or_adapter(cfg, adapter_path=None)
+    run_id = cfg.run_id(None if do_eval else "train")
+    if results.is_completed(Path(cfg.output) / run_id) and not cfg.force:
+        log.info("%s already finished (use --force to rerun)", run_id)
+        return results.read_run(Path(cfg.output) / run_id)
+    preset = adapters.load_preset(cfg.adapter)
+    record = _open_record(cfg, run_id, cfg.name or preset.name)
+
+    def body() -> None:
+        _seed_everything(cfg.seed)
+        loaded = load_model(cfg.model, trust_remote_code=cfg.trust_remote_code)
+        base_info = architecture_info(loaded.model)
+        record.update(model=_model_info(loaded, base_info))
+        tasks = _tasks(cfg)
+        train_records = _training_records(cfg, tasks)
+        base_logits = probe_logits(loaded.model, loaded.tokenizer)
+        tcfg = _train_config(cfg)
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        _seed_everything(cfg.seed)  # adapter initialisation does not depend on what loading consumed
+        model = adapters.apply_adapter(
+            loaded.model, preset, total_steps=total_steps(len(train_records), tcfg, world), seed=cfg.seed
+        )
+        trainable, base = adapters.count_parameters(model)
+        record.update(
+            adapter={
+                **adapters.adapter_info(model),
+                "preset": preset.name,
+                "trainable_parameters": trainable,
+                "trainable_share": trainable / base,
+                "path": "adapter",
+            }
+        )
+        result = train(model, loaded.tokenizer, train_records, tcfg, out_dir=record.dir, resume=cfg.resume)
+        if not cfg.is_main_process():
+            return
+        adapter_dir = adapters.save_adapter(model, record.dir / "adapter", base_info=base_info)
+        record.update(training={**result.to_dict(), "expert_load": adapters.expert_load(model)})
+        check_adapter_applied(base_logits, model, loaded.tokenizer)
+        if do_eval:
+            _evaluate(cfg, record, model, loaded.tokenizer, tasks, adapter_dir)
+
+    return _guarded(record, body)
+
+
+def _adapter_label(path: Path) -> str:
+    """A short name for a saved adapter folder: its own name, or its run's name for ``<run>/adapter``."""
+    path = path.resolve()
+    return results.slug(path.parent.name if path.name == "adapter" else path.name)
+
+
+def evaluate_base_or_adapter(cfg: RunConfig, adapter_path: Path | None) -> dict[str, Any]:
+    """Evaluate the base model (``adapter_path`` None) or a saved adapter (ours or PEFT's) on the suite."""
+    label = NO_ADAPTER if adapter_path is None else _adapter_label(adapter_path)
+    cfg = replace(cfg, adapter=label)
+    run_id = cfg.run_id(None if adapter_path is None else "eval")
+    if results.is_completed(Path(cfg.output) / run_id) and not cfg.force:
+        log.info("%s already finished (use --force to rerun)", run_id)
+        return results.read_run(Path(cfg.output) / run_id)
+    record = _open_record(cfg, run_id, cfg.name or ("base" if adapter_path is None else label))
+
+    def body() -> None:
+        _seed_everything(cfg.seed)
+        loaded = load_model(cfg.model, trust_remote_code=cfg.trust_remote_code)
+        base_info = architecture_info(loaded.model)
+        record.update(model=_model_info(loaded, base_info))
+        tasks = _tasks(cfg)
+        model = loaded.model
+        if adapter_path is not None:
+            base_logits = probe_logits(model, loaded.tokenizer)
+            model = adapters.load_adapter(model, adapter_path)
+            trainable, base = adapters.count_parameters(model)
+            record.update(
+                adapter={
+                    **adapters.adapter_info(model),
+                    "trainable_parameters": trainable,
+                    "trainable_share": trainable / base,
+                    "path": str(adapter_path),
+                }
+            )
+            check_adapter_applied(base_logits, model, loaded.tokenizer)
+        _evaluate(cfg, record, model, loaded.tokenizer, tasks, adapter_path)
+
+    return _guarded(record, body)
+
+
+def sweep(cfg: RunConfig, adapter_names: list[str], *, baseline: bool = True) -> list[dict[str, Any]]:
+    """Run every adapter with identical data, seed and budget; failures are recorded and the sweep goes on."""
+    outcomes: list[dict[str, Any]] = []
+    names = ([NO_ADAPTER] if baseline else []) + adapter_names
+    for i, name in enumerate(names, 1):
+        log.info("sweep %d/%d: %s", i, len(names), name)
+        one = replace(cfg, adapter=name, name=None)
+        try:
+            record = run(one)
+            outcomes.append({"adapter": name, "run_id": record["run_id"], "status": record["status"]})
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # recorded in run.json by run(); the sweep goes on
+            log.error("sweep: %s failed: %s", name, exc)
+            run_id = one.run_id()
+            if results.read_run(Path(cfg.output) / run_id) is None:
+                # The failure came before the record existed (e.g. an unknown preset): record it now.
+                rec = results.new_record(run_id, name, one.to_dict())
+                rec.update(status="failed", error=results.error_info(exc), finished_at=results.now())
+                results.write_json_atomic(Path(cfg.output) / run_id / "run.json", rec)
+            outcomes.append({"adapter": name, "run_id": run_id, "status": "failed", "error": str(exc)})
+    return outcomes

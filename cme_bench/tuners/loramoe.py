@@ -1,0 +1,47 @@
+"""LoRAMoE (arXiv 2312.09979), after ``Ablustrund/LoRAMoE:peft/tuners/lora.py@1177288``.
+
+The layer is MoELoRA's (dense softmax router in fp32, independent A_i and B_i of rank r per expert, dropout per expert,
+s = alpha / r) plus the localized balancing constraint L_lbc = blc_weight * CV^2(Q * I) with ``blc_alpha`` = delta
+(see ``moelora.localized_balance_loss``). The released script sets both to 0, so the loss is off by default.
+L_lbc needs each sample's ``task_type``; pass it with ``cme_bench.adapters.set_task_types`` before the forward.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cme_bench.tuners.base import FFN_TARGETS, MethodSpec
+from cme_bench.tuners.moelora import MoeLoraLayer
+
+
+def _check(p: dict[str, Any]) -> list[str]:
+    problems = []
+    if not isinstance(p["blc_weight"], (int, float)) or p["blc_weight"] < 0:
+        problems.append(f"blc_weight must be a number >= 0, got {p['blc_weight']!r}")
+    if not isinstance(p["blc_alpha"], (int, float)) or not 0 <= p["blc_alpha"] < 1:
+        problems.append(f"blc_alpha must be in [0, 1), got {p['blc_alpha']!r}")
+    if isinstance(p["num_experts"], int) and p["blc_alpha"] and p["num_experts"] % 2:
+        problems.append(f"L_lbc splits experts into two groups: num_experts must be even, got {p['num_experts']}")
+    return problems
+
+
+METHOD = MethodSpec(
+    name="loramoe",
+    description="LoRAMoE: dense token-routed LoRA experts with the localized balancing loss (off by default) (routed)",
+    defaults={
+        "r": 4,
+        "num_experts": 8,
+        "alpha": 32,
+        "dropout": 0.05,
+        "target_modules": list(FFN_TARGETS),
+        "forward": "reference",
+        "blc_weight": 0.0,
+        "blc_alpha": 0.0,
+    },
+    routed=True,
+    mergeable=False,
+    build_layer=lambda module, params: MoeLoraLayer(module, params, method="loramoe"),
+    aux_weight_key="blc_weight",
+    check=_check,
+    notes=["released script: blc_weight = blc_alpha = 0"],
+)

@@ -1,0 +1,61 @@
+"""MoSLoRA (arXiv 2406.11909), after ``wutaiqiang/MoSLoRA:commonsense_reasoning/peft/src/peft/tuners/lora.py@4e50e60``.
+
+``h = W0 x + s * B M A drop(x)`` with a learnable r x r mixer M (``lora_AB`` in the release), s = alpha / r. A and M
+are Kaiming-uniform (a = sqrt 5), B = 0. No router, no auxiliary loss. Mergeable: ``Delta W = s B M A``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from cme_bench.tuners.base import (
+    FFN_TARGETS,
+    AdapterLayerMixin,
+    MethodSpec,
+    add_delta,
+    describe,
+    make_dropout,
+    new_linear,
+)
+
+
+class MosLoraLayer(nn.Module, AdapterLayerMixin):
+    """An ``nn.Linear`` with a LoRA whose two factors are joined by a learnable r x r mixer."""
+
+    method = "moslora"
+
+    def __init__(self, base: nn.Linear, params: dict[str, Any]) -> None:
+        super().__init__()
+        self.init_bookkeeping()
+        self.base_layer = base
+        self.r = int(params["r"])
+        self.scaling = float(params["alpha"]) / self.r
+        self.lora_dropout = make_dropout(float(params["dropout"]))
+        self.lora_A = new_linear(base.in_features, self.r, base, "kaiming")
+        self.lora_M = new_linear(self.r, self.r, base, "kaiming")
+        self.lora_B = new_linear(self.r, base.out_features, base, "zeros")
+
+    def extra_repr(self) -> str:
+        return describe(self, r=self.r)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        result = self.base_layer(x)
+        xa = x.to(self.lora_A.weight.dtype)
+        return add_delta(result, self.lora_B(self.lora_M(self.lora_A(self.lora_dropout(xa)))) * self.scaling)
+
+    def delta_weight(self) -> torch.Tensor:
+        """``s B M A``, shaped like the base weight."""
+        return self.scaling * self.lora_B.weight @ self.lora_M.weight @ self.lora_A.weight
+
+
+METHOD = MethodSpec(
+    name="moslora",
+    description="MoSLoRA: LoRA with a learnable r x r subspace mixer (mergeable)",
+    defaults={"r": 32, "alpha": 32, "dropout": 0.05, "target_modules": list(FFN_TARGETS)},
+    routed=False,
+    mergeable=True,
+    build_layer=lambda module, params: MosLoraLayer(module, params),
+)

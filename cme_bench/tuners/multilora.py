@@ -1,0 +1,68 @@
+"""MultiLoRA (arXiv 2311.11501), after the re-implementation ``pUmpKin-Co/MTL-LoRA:src/adapter/multilora.py@7848a70``.
+
+``h = W0 x + s * sum_i s_i * (B_i A_i drop(x))`` with n parallel LoRAs of rank r, s = alpha / r, and a learnable
+per-output-channel scale s_i in R^{d_out}. A_i and B_i are Kaiming-uniform, s_i = 0 (so Delta W = 0 at step 0 and
+only s_i receives gradient at first). No router. Mergeable: ``Delta W = s sum_i diag(s_i) B_i A_i``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from cme_bench.tuners.base import (
+    FFN_TARGETS,
+    AdapterLayerMixin,
+    MethodSpec,
+    add_delta,
+    describe,
+    make_dropout,
+    new_linear,
+)
+
+
+class MultiLoraLayer(nn.Module, AdapterLayerMixin):
+    """An ``nn.Linear`` with n scaled parallel LoRAs."""
+
+    method = "multilora"
+
+    def __init__(self, base: nn.Linear, params: dict[str, Any]) -> None:
+        super().__init__()
+        self.init_bookkeeping()
+        self.base_layer = base
+        self.r = int(params["r"])
+        self.n = int(params["num_adapters"])
+        self.scaling = float(params["alpha"]) / self.r
+        self.lora_dropout = make_dropout(float(params["dropout"]))
+        self.lora_A = nn.ModuleList(new_linear(base.in_features, self.r, base, "kaiming") for _ in range(self.n))
+        self.lora_B = nn.ModuleList(new_linear(self.r, base.out_features, base, "kaiming") for _ in range(self.n))
+        dtype = self.lora_A[0].weight.dtype
+        self.lora_scale = nn.Parameter(torch.zeros(self.n, base.out_features, device=base.weight.device, dtype=dtype))
+
+    def extra_repr(self) -> str:
+        return describe(self, r=self.r, n=self.n)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        result = self.base_layer(x)
+        xa = self.lora_dropout(x.to(self.lora_scale.dtype))
+        delta = sum(self.lora_scale[i] * self.lora_B[i](self.lora_A[i](xa)) for i in range(self.n))
+        return add_delta(result, delta * self.scaling)
+
+    def delta_weight(self) -> torch.Tensor:
+        """``s sum_i diag(s_i) B_i A_i``, shaped like the base weight."""
+        terms = [
+            self.lora_scale[i].unsqueeze(1) * (self.lora_B[i].weight @ self.lora_A[i].weight) for i in range(self.n)
+        ]
+        return self.scaling * torch.stack(terms).sum(0)
+
+
+METHOD = MethodSpec(
+    name="multilora",
+    description="MultiLoRA: n parallel LoRAs with learnable per-channel scales (mergeable)",
+    defaults={"r": 32, "num_adapters": 3, "alpha": 32, "dropout": 0.05, "target_modules": list(FFN_TARGETS)},
+    routed=False,
+    mergeable=True,
+    build_layer=lambda module, params: MultiLoraLayer(module, params),
+)

@@ -1,0 +1,107 @@
+"""LoRA, DoRA and AdaLoRA through PEFT itself (a real dependency), so that their adapters are PEFT adapters:
+``PeftModel.from_pretrained`` and vLLM load what cme-bench saves.
+
+Hyperparameters use cme-bench's names (``r``, ``alpha``, ``dropout``, ``target_modules``) and are translated to PEFT's
+config here. AdaLoRA needs the real number of optimizer steps (``total_steps`` of ``apply_adapter``) and a call to
+``update_and_allocate`` after every backward (``adapters.step_hook``); its orthogonality penalty is added to the LM
+loss by PEFT's own forward, so ``adapters.aux_loss`` returns None for it (adding it again would count it twice).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cme_bench.errors import CmeError
+from cme_bench.tuners.base import FFN_TARGETS, MethodSpec
+
+_COMMON = {"alpha": 32, "dropout": 0.05, "target_modules": list(FFN_TARGETS)}
+
+
+def peft_targets(targets: list[str]) -> list[str] | str:
+    """PEFT's form: a list of names/suffixes, or one full-match regex when any target is a ``re:`` pattern."""
+    if not any(t.startswith("re:") for t in targets):
+        return list(targets)
+    parts = [t[3:] if t.startswith("re:") else rf"(?:.*\.)?{t}" for t in targets]
+    return "|".join(f"(?:{p})" for p in parts)
+
+
+def build_peft_config(method: str, params: dict[str, Any], total_steps: int | None) -> Any:
+    """The PEFT config object for ``method`` with validated cme-bench ``params``."""
+    from peft import AdaLoraConfig, LoraConfig
+
+    common = {
+        "lora_alpha": params["alpha"],
+        "lora_dropout": float(params["dropout"]),
+        "target_modules": peft_targets(params["target_modules"]),
+        "bias": "none",
+        "task_type": "CAUSAL_LM",
+    }
+    if method in ("lora", "dora"):
+        return LoraConfig(r=params["r"], use_dora=method == "dora", use_rslora=params["use_rslora"], **common)
+    if total_steps is None or total_steps < 1:
+        raise CmeError("adalora needs the real number of optimizer steps: pass total_steps to apply_adapter")
+    if total_steps <= params["tinit"] + params["tfinal"]:
+        raise CmeError(
+            f"adalora: total_steps ({total_steps}) must exceed tinit + tfinal ({params['tinit']} + "
+            f"{params['tfinal']}), or the rank budget never shrinks"
+        )
+    return AdaLoraConfig(
+        init_r=params["init_r"],
+        target_r=params["target_r"],
+        tinit=params["tinit"],
+        tfinal=params["tfinal"],
+        deltaT=params["deltaT"],
+        beta1=params["beta1"],
+        beta2=params["beta2"],
+        orth_reg_weight=params["orth_reg_weight"],
+        total_step=total_steps,
+        **common,
+    )
+
+
+def _check_adalora(p: dict[str, Any]) -> list[str]:
+    problems = []
+    if isinstance(p["init_r"], int) and isinstance(p["target_r"], int) and p["target_r"] > p["init_r"]:
+        problems.append(f"target_r ({p['target_r']}) must not exceed init_r ({p['init_r']})")
+    if not isinstance(p["orth_reg_weight"], (int, float)) or p["orth_reg_weight"] <= 0:
+        problems.append(f"orth_reg_weight must be > 0 (PEFT refuses <= 0), got {p['orth_reg_weight']!r}")
+    return problems
+
+
+LORA = MethodSpec(
+    name="lora",
+    description="LoRA through PEFT (mergeable; vLLM-servable)",
+    defaults={"r": 32, "use_rslora": False, **_COMMON},
+    routed=False,
+    mergeable=True,
+    backend="peft",
+)
+
+DORA = MethodSpec(
+    name="dora",
+    description="DoRA through PEFT (use_dora; mergeable into full weights)",
+    defaults={"r": 32, "use_rslora": False, **_COMMON},
+    routed=False,
+    mergeable=True,
+    backend="peft",
+)
+
+ADALORA = MethodSpec(
+    name="adalora",
+    description="AdaLoRA through PEFT (SVD-style budgeted rank; needs total_steps and step_hook; mergeable)",
+    defaults={
+        "init_r": 12,
+        "target_r": 8,
+        "tinit": 0,
+        "tfinal": 0,
+        "deltaT": 1,
+        "beta1": 0.85,
+        "beta2": 0.85,
+        "orth_reg_weight": 0.5,
+        **_COMMON,
+    },
+    routed=False,
+    mergeable=True,
+    backend="peft",
+    check=_check_adalora,
+)

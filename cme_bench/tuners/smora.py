@@ -1,0 +1,94 @@
+"""SMoRA (arXiv 2501.15103), after ``StyxXuan/smora:packages/peft/src/peft/tuners/srmole/layer.py``.
+
+Each rank is an expert: ``h = W0 x + s * B diag(g(x)) A drop(x)`` with s = alpha / activate_r. The router reads the
+dropped input: ``p = sigmoid(W_r drop(x)) + b`` where b is a non-trained per-rank bias; the top ``activate_r`` values
+of p are kept (the bias is part of the kept values, as in the code), renormalised to sum 1 and multiplied by
+``activate_r``. In training, after routing, ``b += bias_update_rate * sign(mean_count - count_i)`` (aux-loss-free
+balancing). A Kaiming, B = 0, router ``nn.Linear`` default init. No auxiliary loss. We compute densely (the release's
+indexed-matmul kernels are a speed path with the same result). ``rank_partition`` is fixed to 1 (released default).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from cme_bench.tuners.base import (
+    FFN_TARGETS,
+    AdapterLayerMixin,
+    MethodSpec,
+    add_delta,
+    describe,
+    make_dropout,
+    new_linear,
+)
+
+
+class SmoraLayer(nn.Module, AdapterLayerMixin):
+    """An ``nn.Linear`` whose LoRA ranks are sparsely gated per token."""
+
+    method = "smora"
+
+    def __init__(self, base: nn.Linear, params: dict[str, Any]) -> None:
+        super().__init__()
+        self.init_bookkeeping()
+        self.base_layer = base
+        self.r = int(params["r"])
+        self.activate_r = int(params["activate_r"])
+        self.scaling = float(params["alpha"]) / self.activate_r  # alpha / activate_r, as in the release
+        self.bias_update_rate = float(params["bias_update_rate"])
+        self.lora_dropout = make_dropout(float(params["dropout"]))
+        self.lora_A = new_linear(base.in_features, self.r, base, "kaiming")
+        self.lora_B = new_linear(self.r, base.out_features, base, "zeros")
+        self.lora_router = new_linear(base.in_features, self.r, base, "kaiming")
+        self.register_buffer("lora_biases", torch.zeros(self.r, device=base.weight.device, dtype=torch.float32))
+
+    def extra_repr(self) -> str:
+        return describe(self, r=self.r, activate_r=self.activate_r)
+
+    def gates(self, x_dropped: torch.Tensor) -> torch.Tensor:
+        """Sparse per-rank gates ``[..., r]`` (zeros outside the top ``activate_r``), summing to ``activate_r``."""
+        scores = torch.sigmoid(self.lora_router(x_dropped)).float() + self.lora_biases
+        top, idx = scores.topk(self.activate_r, dim=-1)
+        if self.training:
+            self.update_biases(idx)
+        sparse = torch.zeros_like(scores).scatter(-1, idx, top)
+        return sparse / sparse.sum(dim=-1, keepdim=True) * self.activate_r
+
+    @torch.no_grad()
+    def update_biases(self, idx: torch.Tensor) -> None:
+        counts = torch.bincount(idx.reshape(-1), minlength=self.r).float()
+        self.lora_biases += self.bias_update_rate * (counts.mean() - counts).sign()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        result = self.base_layer(x)
+        xd = self.lora_dropout(x.to(self.lora_A.weight.dtype))
+        g = self.gates(xd)
+        self.record_load(g / self.activate_r)
+        return add_delta(result, self.lora_B(g.to(xd.dtype) * self.lora_A(xd)) * self.scaling)
+
+
+def _check(p: dict[str, Any]) -> list[str]:
+    if isinstance(p["r"], int) and isinstance(p["activate_r"], int) and p["activate_r"] > p["r"]:
+        return [f"activate_r ({p['activate_r']}) must not exceed r ({p['r']})"]
+    return []
+
+
+METHOD = MethodSpec(
+    name="smora",
+    description="SMoRA: each LoRA rank is an expert, sigmoid top-k ranks with bias balancing (routed)",
+    defaults={
+        "r": 64,
+        "activate_r": 8,
+        "alpha": 32,
+        "dropout": 0.05,
+        "bias_update_rate": 1e-5,
+        "target_modules": list(FFN_TARGETS),
+    },
+    routed=True,
+    mergeable=False,
+    build_layer=lambda module, params: SmoraLayer(module, params),
+    check=_check,
+)

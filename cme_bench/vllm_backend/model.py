@@ -1,0 +1,115 @@
+"""``CmeRoutedLlamaForCausalLM``: vLLM's Llama with a cme-bench routed adapter applied inside its projections.
+
+Registered with vLLM under ``ROUTED_ARCHITECTURE`` (``plugin.register``) and selected per engine through
+``hf_overrides={"architectures": [ROUTED_ARCHITECTURE], "cme_adapter": "<adapter folder>"}``: the base weights load
+from the base model folder unchanged, so no merged copy of the model is written.
+
+vLLM fuses projections: ``q/k/v_proj`` into ``qkv_proj`` (``QKVParallelLinear``) and ``gate/up_proj`` into
+``gate_up_proj`` (``MergedColumnParallelLinear``). A forward hook on each fused linear adds the concatenated
+per-slice deltas (``routed.PackedDelta``), which is exact because each slice of the fused output is that projection's
+output. Tensor parallelism would shard those outputs; it is refused (size 1 only) rather than served wrong.
+
+This module imports vLLM and is only imported inside vLLM processes (lazily, through the registry string).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from vllm.config import VllmConfig
+from vllm.distributed import get_pp_group, get_tensor_model_parallel_world_size
+from vllm.model_executor.models.llama import LlamaForCausalLM
+
+from cme_bench.errors import CmeError
+from cme_bench.vllm_backend.plugin import ROUTED_ARCHITECTURE
+from cme_bench.vllm_backend.routed import (
+    LINEAR_METHODS,
+    PackedDelta,
+    RoutedDelta,
+    group_by_module,
+    load_routed_adapter,
+)
+
+
+
+def _adapter_dtype(model_dtype: torch.dtype) -> torch.dtype:
+    # Same rule as tuners.base.adapter_dtype: adapters run in fp32 on a half-precision base.
+    return model_dtype if model_dtype in (torch.float32, torch.float64) else torch.float32
+
+
+class CmeRoutedLlamaForCausalLM(LlamaForCausalLM):
+    """Llama + a routed adapter (TeamLoRA, MoELoRA, LoRAMoE, HydraLoRA, SMoRA) loaded from a cme-bench folder."""
+
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = "", **kwargs) -> None:
+        super().__init__(vllm_config=vllm_config, prefix=prefix, **kwargs)
+        config = vllm_config.model_config.hf_config
+        path = getattr(config, "cme_adapter", None)
+        if not path:
+            raise CmeError(f"{ROUTED_ARCHITECTURE} needs hf_overrides={{'cme_adapter': <adapter folder>}}")
+        if get_tensor_model_parallel_world_size() != 1:
+            raise CmeError("routed adapters are served with tensor_parallel_size=1 only")
+        self.cme_adapter = load_routed_adapter(path)
+        if self.cme_adapter.method not in LINEAR_METHODS:
+            raise CmeError(
+                f"routed method {self.cme_adapter.method!r} is not served by vLLM yet "
+                f"(served: {', '.join(LINEAR_METHODS)}); use --backend hf"
+            )
+        dtype = _adapter_dtype(vllm_config.model_config.dtype)
+        # Shapes only: the file's tensor names tell which projections are targeted (metadata read, no data).
+        from safetensors import safe_open
+
+        with safe_open(str(self.cme_adapter.weights_file), framework="pt") as f:
+            keys = {k: None for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+        targeted = group_by_module(keys)  # type: ignore[arg-type]
+        self._cme_targets = set(targeted)
+
+        hidden = config.hidden_size
+        inter = config.intermediate_size
+        heads = config.num_attention_heads
+        kv_heads = getattr(config, "num_key_value_heads", heads) or heads
+        head_dim = getattr(config, "head_dim", None) or hidden // heads
+        q_size, kv_size = heads * head_dim, kv_heads * head_dim
+        # vLLM fused linear -> (HF projections in slice order, their output sizes, their input size)
+        fused = {
+            ("self_attn", "qkv_proj"): (["q_proj", "k_proj", "v_proj"], [q_size, kv_size, kv_size], hidden),
+            ("self_attn", "o_proj"): (["o_proj"], [hidden], q_size),
+            ("mlp", "gate_up_proj"): (["gate_proj", "up_proj"], [inter, inter], hidden),
+            ("mlp", "down_proj"): (["down_proj"], [hidden], inter),
+        }
+        known = {(part, n) for (part, _), (names, _, _) in fused.items() for n in names}
+        stray = sorted({(p, n) for (_, p, n) in targeted} - known)
+        if stray:
+            raise CmeError(f"adapter targets {stray} that the vLLM Llama model has no hook for")
+        self.cme_deltas = nn.ModuleDict()
+        self._cme_slots: dict[tuple[int, str, str], RoutedDelta] = {}
+        start, end = self.model.start_layer, self.model.end_layer
+        params = self.cme_adapter.params
+        for idx in range(start, end):
+            layer = self.model.layers[idx]
+            for (part, vname), (names, sizes, d_in) in fused.items():
+                deltas: list[RoutedDelta | None] = []
+                for name, size in zip(names, sizes):
+                    if (idx, part, name) in targeted:
+                        d = RoutedDelta(self.cme_adapter.method, params, d_in, size, dtype)
+                        self._cme_slots[(idx, part, name)] = d
+                        deltas.append(d)
+                    else:
+                        deltas.append(None)
+                if not any(d is not None for d in deltas):
+                    continue
+                packed = PackedDelta(deltas, sizes)
+                self.cme_deltas[f"{idx}_{part}_{vname}"] = packed
+                getattr(getattr(layer, part), vname).register_forward_hook(packed.hook)
+        if get_pp_group().world_size == 1 and len(self._cme_slots) != len(targeted):
+            missing = sorted(set(targeted) - set(self._cme_slots))
+            raise CmeError(f"adapter tensors for layers outside the model: {missing[:5]}")
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        loaded = super().load_weights(weights)
+        tensors = group_by_module(load_file(str(self.cme_adapter.weights_file)))
+        for key, delta in self._cme_slots.items():
+            delta.load(tensors[key])
+        return loaded

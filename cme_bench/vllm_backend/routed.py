@@ -1,0 +1,260 @@
+"""Inference-only math of the token-routed adapters, on plain tensors, for serving them inside vLLM.
+
+vLLM has no mixture-of-LoRA support (one ``LoRARequest`` per request, see shared/docs/ecosystem.md (b)), so routed
+adapters are served by a model class of our own (``model.py``) that adds these deltas to the outputs of vLLM's
+projections. Nothing here imports vLLM: the same code is unit-tested against the training layers in
+``cme_bench/tuners/`` on CPU, and the vLLM parity tests then only have to check the wiring.
+
+Each delta mirrors the *fused* forward of the matching tuner, in the same operation order, so that greedy decoding
+agrees token for token (dropout is off at inference):
+
+- ``teamlora``  (tuners/teamlora.py): ``B_cat (repeat_interleave(w, r_B) * s A x)`` with the Shapley router and the
+  interaction matrix, ``w = k phi (I + M') / sum(phi (I + M'))``; teamlora.md section 3.
+- ``moelora`` / ``loramoe`` (tuners/moelora.py): ``B_cat (repeat_interleave(softmax(W_r x), r) * s A_cat x)``.
+- ``hydralora`` (tuners/hydralora.py): ``B_cat ((w outer s A x).flatten())``, head-major.
+- ``smora`` (tuners/smora.py): ``s B (g(x) * A x)`` with sigmoid top-``activate_r`` gates plus the frozen biases.
+
+Layout of the adapter file (``adapter_model.safetensors``, keys ``<module path>.<leaf>``) is the tuners' state dict;
+``group_by_module`` splits it by module path. All routed math runs in the adapter dtype (fp32 for a bf16 base, as in
+training: ``tuners.base.adapter_dtype``) and the delta is cast back to the base output dtype.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cme_bench.errors import CmeError
+
+ROUTED_METHODS = ("teamlora", "moelora", "loramoe", "hydralora", "smora", "mixlora")
+# Methods whose per-linear delta is implemented here (MixLoRA mixes whole FFN blocks, see ``RoutedAdapter``).
+LINEAR_METHODS = ("teamlora", "moelora", "loramoe", "hydralora", "smora")
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+# ``...layers.<i>.<mlp|self_attn>.<name>_proj.<leaf>``: tolerant of any prefix (``model.``, ``base_model.model.``).
+_KEY = re.compile(r"(?:^|\.)layers\.(\d+)\.(mlp|self_attn)\.([A-Za-z0-9_]+)\.(lora_.+)$")
+
+
+@dataclass(frozen=True)
+class RoutedAdapter:
+    """A routed adapter folder: its method, hyperparameters and where its tensors live."""
+
+    path: Path
+    method: str
+    params: dict[str, Any]
+    target_modules: list[str]
+
+    @property
+    def weights_file(self) -> Path:
+        return self.path / ADAPTER_WEIGHTS
+
+
+def read_adapter_config(path: Path) -> dict[str, Any]:
+    cfg_file = Path(path) / ADAPTER_CONFIG
+    if not cfg_file.is_file():
+        raise CmeError(f"{path} is not an adapter folder: {ADAPTER_CONFIG} is missing")
+    try:
+        return json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise CmeError(f"{cfg_file} is not valid JSON: {exc}") from exc
+
+
+def load_routed_adapter(path: str | Path) -> RoutedAdapter:
+    path = Path(path)
+    cfg = read_adapter_config(path)
+    method = cfg.get("method")
+    if cfg.get("format") != "cme-bench-adapter" or method not in ROUTED_METHODS:
+        raise CmeError(f"{path} is not a routed cme-bench adapter (method {method!r}; routed: {list(ROUTED_METHODS)})")
+    if not (path / ADAPTER_WEIGHTS).is_file():
+        raise CmeError(f"{path}: {ADAPTER_WEIGHTS} is missing")
+    return RoutedAdapter(path, method, dict(cfg.get("params") or {}), list(cfg.get("target_modules") or []))
+
+
+def group_by_module(tensors: Mapping[str, torch.Tensor]) -> dict[tuple[int, str, str], dict[str, torch.Tensor]]:
+    """``{(layer, "mlp"|"self_attn", "gate_proj"): {"lora_A.weight": t, ...}}``; any other key is an error.
+
+    An unrecognised key means the adapter would be served only partly, which is the silent failure we exist to avoid.
+    """
+    out: dict[tuple[int, str, str], dict[str, torch.Tensor]] = {}
+    unknown = []
+    for key, value in tensors.items():
+        m = _KEY.search(key)
+        if m is None:
+            unknown.append(key)
+            continue
+        out.setdefault((int(m.group(1)), m.group(2), m.group(3)), {})[m.group(4)] = value
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (f" (+{len(unknown) - 5} more)" if len(unknown) > 5 else "")
+        raise CmeError(f"adapter tensors outside decoder-layer projections cannot be served by vLLM: {shown}")
+    return out
+
+
+def _stack(leaves: Mapping[str, torch.Tensor], stem: str, dim: int) -> torch.Tensor:
+    """Concatenate ``<stem>.0.weight``, ``<stem>.1.weight``, ... (ModuleList layout) along ``dim``."""
+    parts = {}
+    for leaf, t in leaves.items():
+        m = re.fullmatch(re.escape(stem) + r"\.(\d+)\.weight", leaf)
+        if m:
+            parts[int(m.group(1))] = t
+    if not parts or sorted(parts) != list(range(len(parts))):
+        raise CmeError(f"expected {stem}.0.weight, {stem}.1.weight, ... in the adapter, found {sorted(leaves)}")
+    return torch.cat([parts[i] for i in range(len(parts))], dim=dim)
+
+
+def _leaf(leaves: Mapping[str, torch.Tensor], name: str) -> torch.Tensor:
+    if name not in leaves:
+        raise CmeError(f"adapter tensor {name!r} missing; found {sorted(leaves)}")
+    return leaves[name]
+
+
+class RoutedDelta(nn.Module):
+    """The routed update of one projection: ``forward(x) -> delta`` with ``x`` ``[tokens, d_in]``.
+
+    Tensors are buffers, not parameters: vLLM checks that every *parameter* came from the base checkpoint, and the
+    adapter tensors are loaded from the adapter file instead (``load``). Shapes are fixed at construction from the
+    adapter config so the buffers can be allocated on whatever device vLLM builds the model on.
+    """
+
+    def __init__(self, method: str, params: Mapping[str, Any], d_in: int, d_out: int, dtype: torch.dtype) -> None:
+        super().__init__()
+        if method not in LINEAR_METHODS:
+            raise CmeError(f"routed method {method!r} has no per-linear vLLM delta (available: {LINEAR_METHODS})")
+        self.method = method
+        self.d_in, self.d_out = d_in, d_out
+        p = dict(params)
+        if method == "teamlora":
+            self.k = int(p["num_experts"])
+            self.rank = int(p["r_a"])
+            self.r_b = self.rank // self.k
+            self.scaling = float(p["alpha"]) / self.r_b
+            eps = p.get("normalizer_eps")
+            self.normalizer_eps = None if eps is None else float(eps)
+            n_route = self.k
+        elif method in ("moelora", "loramoe"):
+            self.k = int(p["num_experts"])
+            self.r_b = int(p["r"])
+            self.rank = self.k * self.r_b
+            self.scaling = float(p["alpha"]) / self.r_b
+            n_route = self.k
+        elif method == "hydralora":
+            self.k = int(p["num_experts"])
+            self.r_b = int(p["r"])
+            self.rank = self.r_b  # shared A
+            self.scaling = float(p["alpha"]) / self.r_b
+            n_route = self.k
+        else:  # smora
+            self.rank = int(p["r"])
+            self.k = int(p["activate_r"])
+            self.scaling = float(p["alpha"]) / self.k
+            n_route = self.rank
+        b_cols = self.k * self.r_b if method == "hydralora" else self.rank
+        # One stacked input matrix [A; router] so x is read by a single matmul.
+        self.register_buffer("w_in", torch.empty(self.rank + n_route, d_in, dtype=dtype), persistent=False)
+        self.register_buffer("w_out", torch.empty(d_out, b_cols, dtype=dtype), persistent=False)
+        if method == "teamlora":
+            self.register_buffer("interaction", torch.empty(self.k, self.k, dtype=dtype), persistent=False)
+        if method == "smora":
+            self.register_buffer("biases", torch.empty(self.rank, dtype=torch.float32), persistent=False)
+
+    # -- loading ------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def load(self, leaves: Mapping[str, torch.Tensor]) -> None:
+        m = self.method
+        if m == "teamlora":
+            a, b = _leaf(leaves, "lora_A.weight"), _leaf(leaves, "lora_B.weight")
+            route = _leaf(leaves, "lora_route.weight")
+            self.interaction.copy_(_leaf(leaves, "lora_interaction_matrix"))
+        elif m in ("moelora", "loramoe"):
+            a, b = _stack(leaves, "lora_A", 0), _stack(leaves, "lora_B", 1)
+            route = _leaf(leaves, "lora_route.weight")
+        elif m == "hydralora":
+            a, b = _leaf(leaves, "lora_A.weight"), _stack(leaves, "lora_B", 1)
+            route = _leaf(leaves, "lora_route.weight")
+        else:
+            a, b = _leaf(leaves, "lora_A.weight"), _leaf(leaves, "lora_B.weight")
+            route = _leaf(leaves, "lora_router.weight")
+            # The bias buffer is frozen at inference; an adapter saved without it had never updated it (zeros).
+            self.biases.copy_(leaves.get("lora_biases", torch.zeros(self.rank)))
+        w_in = torch.cat([a, route], dim=0)
+        if w_in.shape != self.w_in.shape or b.shape != self.w_out.shape:
+            raise CmeError(
+                f"{m} adapter shapes A+router {tuple(w_in.shape)}, B {tuple(b.shape)} do not match the config "
+                f"(expected {tuple(self.w_in.shape)} and {tuple(self.w_out.shape)})"
+            )
+        self.w_in.copy_(w_in)
+        self.w_out.copy_(b)
+
+    # -- forward ------------------------------------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xa = x.to(self.w_in.dtype)
+        h = F.linear(xa, self.w_in)
+        a_out, logits = h[..., : self.rank], h[..., self.rank :]
+        m = self.method
+        if m == "teamlora":
+            phi = F.softmax(logits, dim=-1)
+            adjusted = phi + phi @ self.interaction
+            norm = adjusted.sum(dim=-1, keepdim=True)
+            if self.normalizer_eps is not None:  # the tuner's labelled deviation, mirrored
+                eps = self.normalizer_eps
+                norm = torch.where(norm >= 0, norm.clamp(min=eps), norm.clamp(max=-eps))
+            w = adjusted / norm * self.k
+            z = a_out * self.scaling
+            delta = F.linear(w.repeat_interleave(self.r_b, dim=-1) * z, self.w_out)
+        elif m in ("moelora", "loramoe"):
+            w = F.softmax(logits.float(), dim=-1)
+            z = a_out * self.scaling
+            delta = F.linear(w.to(z.dtype).repeat_interleave(self.r_b, dim=-1) * z, self.w_out)
+        elif m == "hydralora":
+            w = F.softmax(logits.float(), dim=-1)
+            z = a_out * self.scaling
+            u = (w.to(z.dtype).unsqueeze(-1) * z.unsqueeze(-2)).flatten(-2)
+            delta = F.linear(u, self.w_out)
+        else:
+            scores = torch.sigmoid(logits).float() + self.biases
+            top, idx = scores.topk(self.k, dim=-1)
+            sparse = torch.zeros_like(scores).scatter(-1, idx, top)
+            g = sparse / sparse.sum(dim=-1, keepdim=True) * self.k
+            delta = F.linear(g.to(a_out.dtype) * a_out, self.w_out) * self.scaling
+        return delta.to(x.dtype)
+
+
+class PackedDelta(nn.Module):
+    """Deltas for the slices of one fused vLLM projection (``qkv_proj``: q, k, v; ``gate_up_proj``: gate, up).
+
+    Used as a forward hook on the vLLM linear: the hook adds ``cat(delta_i(x))`` (zeros for untargeted slices) to
+    the projection output. vLLM linears return ``(output, bias)``; the tuple is kept.
+    """
+
+    def __init__(self, deltas: list[RoutedDelta | None], sizes: list[int]) -> None:
+        super().__init__()
+        self.sizes = list(sizes)
+        self.slots = [i for i, d in enumerate(deltas) if d is not None]
+        self.deltas = nn.ModuleList(d for d in deltas if d is not None)
+
+    def forward(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        if len(self.sizes) == 1:
+            return out + self.deltas[0](x)
+        pieces = []
+        it = iter(self.deltas)
+        for i, size in enumerate(self.sizes):
+            if i in self.slots:
+                pieces.append(next(it)(x))
+            else:
+                pieces.append(out.new_zeros(*out.shape[:-1], size))
+        return out + torch.cat(pieces, dim=-1)
+
+    def hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+        if isinstance(output, tuple):
+            return (self(args[0], output[0]), *output[1:])
+        return self(args[0], output)

@@ -1,0 +1,244 @@
+"""How each adapter folder is served by vLLM: the serving plan.
+
+Per shared/docs/baselines.md "Serving consequences":
+
+- ``lora`` (PEFT LoRA): served as is through vLLM's LoRA support, by request, many adapters on one engine;
+- ``moslora`` (B' = B M) and ``multilora`` (B' = [diag(s_i) B_i], A' = [A_i], alpha' = n alpha) are *exactly* plain
+  LoRAs: converted once into a PEFT LoRA folder in the cache and served the same way;
+- ``dora`` and ``adalora`` (PEFT formats vLLM rejects or does not know): merged into the base weights once (PEFT's
+  ``merge_and_unload``) and served as a separate base model, one engine each;
+- routed methods: the out-of-tree model ``CmeRoutedLlamaForCausalLM`` over the unchanged base folder, one engine each.
+
+Conversions are cached under ``cache_dir()/vllm`` keyed by the adapter files' digest, and written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from cme_bench.errors import CmeError
+from cme_bench.paths import cache_dir
+from cme_bench.vllm_backend.routed import ADAPTER_CONFIG, ADAPTER_WEIGHTS, ROUTED_METHODS, read_adapter_config
+
+log = logging.getLogger(__name__)
+
+# vLLM's LoRAConfig.max_lora_rank accepts only these values (vllm/config/lora.py, MaxLoRARanks).
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+CONVERTIBLE = ("moslora", "multilora")
+MERGE_ONLY = ("dora", "adalora")
+
+Kind = Literal["base", "lora", "merged", "routed"]
+
+
+@dataclass
+class ServingPlan:
+    """What to load into vLLM for one (base, adapter) pair.
+
+    ``engine_key`` groups plans that can share one engine: every ``base`` and ``lora`` plan over the same base folder
+    shares one (LoRAs by request); ``merged`` and ``routed`` plans each need their own.
+    """
+
+    kind: Kind
+    model_dir: Path
+    adapter_dir: Path | None = None
+    method: str | None = None
+    lora_dir: Path | None = None  # the PEFT LoRA folder vLLM loads (the adapter itself or its conversion)
+    rank: int | None = None
+    hf_overrides: dict[str, Any] = field(default_factory=dict)
+    note: str = ""
+
+    @property
+    def engine_key(self) -> tuple[str, str]:
+        if self.kind in ("base", "lora"):
+            return (str(self.model_dir), "")
+        return (str(self.model_dir), str(self.adapter_dir))
+
+
+def lora_rank_limit(rank: int) -> int:
+    """The smallest ``max_lora_rank`` vLLM accepts that is >= ``rank``."""
+    for allowed in VLLM_LORA_RANKS:
+        if allowed >= rank:
+            return allowed
+    raise CmeError(f"LoRA rank {rank} is above vLLM's largest max_lora_rank ({VLLM_LORA_RANKS[-1]}); use --backend hf")
+
+
+def adapter_method(cfg: dict[str, Any]) -> str:
+    """The cme-bench method of an adapter config: native format ``method``, or PEFT's ``peft_type``/``use_dora``."""
+    if cfg.get("format") == "cme-bench-adapter":
+        return str(cfg.get("method"))
+    cme = cfg.get("cme_bench") or {}
+    if cme.get("method"):
+        return str(cme["method"])
+    peft_type = str(cfg.get("peft_type", "")).upper()
+    if peft_type == "LORA":
+        return "dora" if cfg.get("use_dora") else "lora"
+    if peft_type == "ADALORA":
+        return "adalora"
+    raise CmeError(f"unrecognised adapter config (no cme-bench method, peft_type {cfg.get('peft_type')!r})")
+
+
+def _digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+        p = folder / name
+        if p.is_file():
+            h.update(name.encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def plan(model_dir: str | Path, adapter_dir: str | Path | None) -> ServingPlan:
+    """The serving plan for ``adapter_dir`` over ``model_dir`` (converting or merging into the cache if needed)."""
+    model_dir = Path(model_dir).resolve()
+    if adapter_dir is None:
+        return ServingPlan("base", model_dir)
+    adapter_dir = Path(adapter_dir).resolve()
+    cfg = read_adapter_config(adapter_dir)
+    method = adapter_method(cfg)
+    if method in ROUTED_METHODS:
+        from cme_bench.vllm_backend.plugin import ROUTED_ARCHITECTURE
+
+        overrides = {"architectures": [ROUTED_ARCHITECTURE], "cme_adapter": str(adapter_dir)}
+        return ServingPlan("routed", model_dir, adapter_dir, method, hf_overrides=overrides)
+    if method == "lora":
+        _check_plain_lora(cfg, adapter_dir)
+        return ServingPlan("lora", model_dir, adapter_dir, method, adapter_dir, _peft_rank(cfg))
+    if method in CONVERTIBLE:
+        out = cache_dir() / "vllm" / "lora" / f"{method}-{_digest(adapter_dir)}"
+        if not (out / ADAPTER_WEIGHTS).is_file():
+            _atomic_dir(out, lambda tmp: convert_to_lora(adapter_dir, tmp))
+        rank = _peft_rank(json.loads((out / ADAPTER_CONFIG).read_text()))
+        note = f"{method} converted exactly to a rank-{rank} LoRA"
+        return ServingPlan("lora", model_dir, adapter_dir, method, out, rank, note=note)
+    if method in MERGE_ONLY:
+        out = cache_dir() / "vllm" / "merged" / f"{method}-{_digest(adapter_dir)}-{_digest_model(model_dir)}"
+        if not (out / "config.json").is_file():
+            _atomic_dir(out, lambda tmp: merge_into_base(model_dir, adapter_dir, tmp))
+        return ServingPlan("merged", out, adapter_dir, method, note=f"{method} merged into the base weights")
+    raise CmeError(f"adapter method {method!r} has no vLLM serving path; use --backend hf")
+
+
+def _digest_model(model_dir: Path) -> str:
+    h = hashlib.sha256(str(model_dir).encode())
+    for p in sorted(model_dir.glob("*.safetensors")):
+        st = p.stat()
+        h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:12]
+
+
+def _peft_rank(cfg: dict[str, Any]) -> int:
+    ranks = [int(cfg.get("r", 8)), *(int(v) for v in (cfg.get("rank_pattern") or {}).values())]
+    return max(ranks)
+
+
+def _check_plain_lora(cfg: dict[str, Any], folder: Path) -> None:
+    problems = []
+    if cfg.get("use_dora"):
+        problems.append("use_dora is set (vLLM rejects DoRA; it is served merged)")
+    if cfg.get("modules_to_save"):
+        problems.append(f"modules_to_save={cfg['modules_to_save']} (vLLM requires none)")
+    if cfg.get("bias", "none") != "none":
+        problems.append(f"bias={cfg['bias']!r} (vLLM supports 'none' only)")
+    if problems:
+        raise CmeError(f"LoRA adapter {folder} cannot be served by vLLM: " + "; ".join(problems))
+
+
+def _atomic_dir(out: Path, build) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        build(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Exact conversions to plain LoRA (baselines.md "Serving consequences")
+
+
+def _modules(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for key, t in tensors.items():
+        module, sep, leaf = key.partition(".lora_")
+        if not sep:
+            raise CmeError(f"unexpected adapter tensor {key!r} (expected '<module>.lora_*')")
+        out.setdefault(module, {})["lora_" + leaf] = t
+    return out
+
+
+def convert_to_lora(adapter_dir: Path, out: Path) -> None:
+    """Write a PEFT LoRA folder equivalent to a MoSLoRA or MultiLoRA adapter (exact up to float rounding)."""
+    from safetensors.torch import load_file, save_file
+
+    cfg = read_adapter_config(adapter_dir)
+    method, params = cfg["method"], dict(cfg.get("params") or {})
+    tensors = load_file(str(adapter_dir / ADAPTER_WEIGHTS))
+    r, alpha = int(params["r"]), float(params["alpha"])
+    lora: dict[str, torch.Tensor] = {}
+    targets = set()
+    for module, leaves in _modules(tensors).items():
+        if method == "moslora":
+            # s B M A with s = alpha / r: B' = B M keeps rank r and alpha.
+            a = leaves["lora_A.weight"]
+            b = leaves["lora_B.weight"].double() @ leaves["lora_M.weight"].double()
+            rank, new_alpha = r, alpha
+        elif method == "multilora":
+            # s sum_i diag(s_i) B_i A_i = (n alpha / (n r)) [diag(s_i) B_i] [A_i]: rank n r, alpha n alpha.
+            n = int(params["num_adapters"])
+            scale = leaves["lora_scale"]
+            a = torch.cat([leaves[f"lora_A.{i}.weight"] for i in range(n)], dim=0)
+            b = torch.cat([scale[i].unsqueeze(1) * leaves[f"lora_B.{i}.weight"] for i in range(n)], dim=1)
+            rank, new_alpha = n * r, n * alpha
+        else:
+            raise CmeError(f"no LoRA conversion for {method!r}")
+        prefix = module if module.startswith("base_model.model.") else f"base_model.model.{module}"
+        lora[f"{prefix}.lora_A.weight"] = a.contiguous().float()
+        lora[f"{prefix}.lora_B.weight"] = b.contiguous().float()
+        targets.add(module.rsplit(".", 1)[-1])
+    peft_cfg = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": rank,
+        "lora_alpha": new_alpha,
+        "lora_dropout": 0.0,
+        "target_modules": sorted(targets),
+        "bias": "none",
+        "use_rslora": False,
+        "use_dora": False,
+        "modules_to_save": None,
+        "base_model_name_or_path": None,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(lora, str(out / ADAPTER_WEIGHTS))
+    (out / ADAPTER_CONFIG).write_text(json.dumps(peft_cfg, indent=2))
+    # Provenance beside, not inside, the PEFT config (PEFT warns about unknown config keys).
+    (out / "cme_bench_source.json").write_text(json.dumps({"converted_from": method, "source": str(adapter_dir)}))
+
+
+def merge_into_base(model_dir: Path, adapter_dir: Path, out: Path) -> None:
+    """Merge a PEFT adapter (DoRA, AdaLoRA) into the base weights and save a full model folder."""
+    from peft import PeftConfig, PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cfg = read_adapter_config(adapter_dir)
+    peft_fields = {k: v for k, v in cfg.items() if k != "cme_bench"}
+    config = PeftConfig.from_peft_type(**peft_fields)
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto")
+    merged = PeftModel.from_pretrained(base, adapter_dir, config=config).merge_and_unload()
+    merged.save_pretrained(out, safe_serialization=True)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(out)
+    log.info("merged %s into %s -> %s", adapter_dir, model_dir, out)

