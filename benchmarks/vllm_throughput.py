@@ -5,10 +5,11 @@ Run in the vLLM environment (it needs both backends)::
     .venv-vllm/bin/python benchmarks/vllm_throughput.py --model smollm2-135m --batch 32 --max-tokens 64
 
 Both backends decode the same ``--batch`` prompts greedily for exactly ``--max-tokens`` new tokens (EOS ignored), in
-the same dtype; tokens/s = batch x max_tokens / wall time of the generate call, after one warm-up call each. HF runs
-the whole batch as one left-padded ``generate``; vLLM serves the LoRA by request on the base engine and TeamLoRA
-through its routed model (one engine each). Adapters are the shipped presets with random non-zero weights (speed
-does not depend on the values). Engine start-up time is reported separately, not counted in tokens/s.
+the same dtype; tokens/s = batch x max_tokens / wall time of the generate call, after one warm-up call each, and
+tokens per CPU-second (this process's CPU time; the vLLM engine runs in-process on CPU) for shared, loaded machines.
+HF runs the whole batch as one left-padded ``generate``; vLLM serves the LoRA by request on the base engine and
+TeamLoRA through its routed model (one engine each). Adapters are the shipped presets with random non-zero weights
+(speed does not depend on the values). Engine start-up time is reported separately, not counted in tokens/s.
 
 The ``if __name__ == "__main__":`` guard is required: vLLM's CPU engine re-imports this module in its processes.
 """
@@ -85,22 +86,37 @@ def hf_throughput(model_dir: Path, adapter: Path | None, texts: list[str], max_t
     batch = tok(texts, return_tensors="pt", padding=True)
     kwargs = dict(max_new_tokens=max_tokens, min_new_tokens=max_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
     with torch.inference_mode():
-        model.generate(**tok(texts[:2], return_tensors="pt", padding=True), max_new_tokens=4, do_sample=False,
-                       pad_token_id=tok.pad_token_id)  # warm-up
-        t0 = time.perf_counter()
+        model.generate(
+            **tok(texts[:2], return_tensors="pt", padding=True),
+            max_new_tokens=4,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+        )  # warm-up
+        t0, c0 = time.perf_counter(), time.process_time()
         out = model.generate(**batch, **kwargs)
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     new = (out.shape[1] - batch.input_ids.shape[1]) * len(texts)
-    return {"tokens": new, "seconds": seconds, "tokens_per_s": new / seconds}
+    return _rates(new, seconds, cpu)
+
+
+def _rates(tokens: int, seconds: float, cpu: float) -> dict[str, Any]:
+    # Tokens per CPU-second as well: on a shared machine wall time swings with other processes' load, CPU time less.
+    return {
+        "tokens": tokens,
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "tokens_per_s": tokens / seconds,
+        "tokens_per_cpu_s": tokens / max(cpu, 1e-9),
+    }
 
 
 def vllm_throughput(engine, plan, texts: list[str], max_tokens: int) -> dict[str, Any]:
     engine.generate_ids(texts[:2], 4, plan, ignore_eos=True)  # warm-up (also loads the LoRA into the engine)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     ids = engine.generate_ids(texts, max_tokens, plan, ignore_eos=True)
-    seconds = time.perf_counter() - t0
-    new = sum(len(x) for x in ids)
-    return {"tokens": new, "seconds": seconds, "tokens_per_s": new / seconds}
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    # In-process engine (the CPU default): process_time covers the engine's threads too.
+    return _rates(sum(len(x) for x in ids), seconds, cpu)
 
 
 def main() -> None:
@@ -130,27 +146,47 @@ def main() -> None:
         plans = {m: vllm_backend.plan(model_dir, adapters.get(m)) for m in methods}
         from cme_bench.vllm_backend.engine import plans_by_engine
 
+        # HF first: an in-process vLLM engine changes process-wide CPU settings (threads, memory binding).
+        for m in methods:
+            rows[m] = {"hf": hf_throughput(model_dir, adapters.get(m), texts, args.max_tokens, dtype)}
+            print(f"HF {m}: {rows[m]['hf']['tokens_per_s']:.1f} tok/s", flush=True)
         for group in plans_by_engine(list(plans.values())):
             t0 = time.perf_counter()
             with vllm_backend.start_engine(group, **engine_kw) as engine:
                 start_s = time.perf_counter() - t0
                 for m, p in plans.items():
                     if p in group:
-                        rows[m] = {"vllm": vllm_throughput(engine, p, texts, args.max_tokens), "engine_start_s": start_s}
+                        rows[m]["vllm"] = vllm_throughput(engine, p, texts, args.max_tokens)
+                        rows[m]["engine_start_s"] = start_s
+                        print(f"vLLM {m}: {rows[m]['vllm']['tokens_per_s']:.1f} tok/s", flush=True)
         for m in methods:
-            rows[m]["hf"] = hf_throughput(model_dir, adapters.get(m), texts, args.max_tokens, dtype)
             rows[m]["ratio"] = rows[m]["vllm"]["tokens_per_s"] / rows[m]["hf"]["tokens_per_s"]
+            rows[m]["ratio_cpu"] = rows[m]["vllm"]["tokens_per_cpu_s"] / rows[m]["hf"]["tokens_per_cpu_s"]
 
-    print(f"\nmodel {model_dir.name}, batch {args.batch}, {args.max_tokens} new tokens, {args.dtype}, "
-          f"{os.cpu_count()} CPUs, vLLM {'compiled' if args.compile else 'eager'}")
-    print(f"{'adapter':10} {'HF tok/s':>10} {'vLLM tok/s':>11} {'ratio':>7} {'engine start':>13}")
+    print(
+        f"\nmodel {model_dir.name}, batch {args.batch}, {args.max_tokens} new tokens, {args.dtype}, "
+        f"{os.cpu_count()} CPUs, vLLM {'compiled' if args.compile else 'eager'}"
+    )
+    print(
+        f"{'adapter':10} {'HF tok/s':>10} {'vLLM tok/s':>11} {'ratio':>7}   "
+        f"{'HF tok/cpu-s':>13} {'vLLM tok/cpu-s':>15} {'ratio':>7} {'engine start':>13}"
+    )
     for m in methods:
         r = rows[m]
-        print(f"{m:10} {r['hf']['tokens_per_s']:10.1f} {r['vllm']['tokens_per_s']:11.1f} {r['ratio']:6.2f}x "
-              f"{r['engine_start_s']:12.1f}s")
+        print(
+            f"{m:10} {r['hf']['tokens_per_s']:10.1f} {r['vllm']['tokens_per_s']:11.1f} {r['ratio']:6.2f}x   "
+            f"{r['hf']['tokens_per_cpu_s']:13.1f} {r['vllm']['tokens_per_cpu_s']:15.1f} {r['ratio_cpu']:6.2f}x "
+            f"{r['engine_start_s']:12.1f}s"
+        )
     record = {
-        "model": str(model_dir), "batch": args.batch, "max_tokens": args.max_tokens, "dtype": args.dtype,
-        "compile": args.compile, "cpus": os.cpu_count(), "machine": platform.machine(), "results": rows,
+        "model": str(model_dir),
+        "batch": args.batch,
+        "max_tokens": args.max_tokens,
+        "dtype": args.dtype,
+        "compile": args.compile,
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+        "results": rows,
     }
     if args.out:
         args.out.write_text(json.dumps(record, indent=2))

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import uuid
 import warnings
@@ -34,17 +33,26 @@ from cme_bench.paths import adapters_dir
 from cme_bench.registry import suggest
 from cme_bench.tuners import TUNERS, get_method
 from cme_bench.tuners.base import AdapterLayerMixin, MethodSpec, find_targets, inject
+from cme_bench.tuners.checkpoint import (
+    CONFIG_NAME,
+    FORMAT,
+    WEIGHTS_NAME,
+    check_base,
+    check_state,
+    cme_fields,
+    detect_layout,
+    fsync_dir,
+    peft_method,
+    read_adapter_config,
+    replace_dir,
+    targets_from_peft,
+)
+from cme_bench.tuners.paper import PAPER_BASE as PAPER_BASE  # re-exported: part of the public API
+from cme_bench.tuners.paper import PAPER_SHARES, paper_base_config
 
 log = logging.getLogger(__name__)
 
-FORMAT = "cme-bench-adapter"
-FORMAT_VERSION = 1
-CONFIG_NAME = "adapter_config.json"
-WEIGHTS_NAME = "adapter_model.safetensors"
 PRESET_KEYS = {"method", "description", "params", "training", "notes"}
-BASE_FIELDS = ("architecture", "model_type", "hidden_size", "num_layers", "vocab_size")
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Presets
 
@@ -257,7 +265,7 @@ def adapter_stats(model: nn.Module) -> dict[str, float]:
     collected: dict[str, list[float]] = {}
     for _, layer in adapter_layers(model):
         for key, value in layer.stats.items():
-            collected.setdefault(f"{layer.method}/{key}", []).append(value)
+            collected.setdefault(f"{layer.method}/{key}", []).append(float(value))
         if layer.last_aux is not None:
             collected.setdefault(f"{layer.method}/aux_loss", []).append(float(layer.last_aux.detach()))
     return {k: (min(v) if k.endswith("_min") else sum(v) / len(v)) for k, v in collected.items()}
@@ -328,34 +336,6 @@ def deviations(method: str, params: dict[str, Any]) -> list[str]:
     return out
 
 
-# The TeamLoRA paper's trainable-share column (teamlora.md §7-§8): (row label, preset, printed share in %).
-PAPER_SHARES = [
-    ("LoRA r32", "lora", 0.67),
-    ("LoRA r128", "lora-r128", 2.68),
-    ("MoELoRA 4 x r32", "moelora", 2.71),
-    ("HydraLoRA A r32 + 4 heads", "hydralora", 1.84),
-    ("TeamLoRA r_B=32 (r_A=128)", "teamlora", 2.71),
-    ("TeamLoRA r_B=16 (r_A=64)", "teamlora-r16", 1.35),
-]
-PAPER_BASE = "llama2-7b-cme"
-
-
-def paper_base_config() -> Any:
-    """Chinese-LLaMA-2-7B's shape: LLaMA-2-7B with a 55,296-token vocabulary (6,929,256,448 parameters)."""
-    from transformers import LlamaConfig
-
-    return LlamaConfig(
-        vocab_size=55296,
-        hidden_size=4096,
-        intermediate_size=11008,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=32,
-        tie_word_embeddings=False,
-        architectures=["LlamaForCausalLM"],
-    )
-
-
 def count_on_meta(config: Any, preset: AdapterPreset | str | Path) -> dict[str, Any]:
     """Adapter parameter counts for a model ``config`` built on the meta device (no weights; seconds for 7B).
 
@@ -418,29 +398,6 @@ def load_adapter_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None
             live[key].copy_(value.to(live[key].dtype))
 
 
-def check_state(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> None:
-    missing = sorted(set(expected) - set(given))
-    unexpected = sorted(set(given) - set(expected))
-    shapes = [
-        f"{k}: checkpoint {tuple(given[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in sorted(set(expected) & set(given))
-        if tuple(given[k].shape) != tuple(expected[k].shape)
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing keys ({len(missing)}): {_shorten(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys ({len(unexpected)}): {_shorten(unexpected)}")
-    if shapes:
-        problems.append(f"wrong shapes ({len(shapes)}): {_shorten(shapes)}")
-    if problems:
-        raise CmeError("adapter checkpoint does not match the model:\n  - " + "\n  - ".join(problems))
-
-
-def _shorten(items: list[str], n: int = 6) -> str:
-    return ", ".join(items[:n]) + (f", ... (+{len(items) - n} more)" if len(items) > n else "")
-
-
 def save_adapter(model: nn.Module, out_dir: str | Path, *, base_info: dict[str, Any]) -> Path:
     """Write ``adapter_config.json`` + ``adapter_model.safetensors`` to ``out_dir`` atomically.
 
@@ -456,24 +413,12 @@ def save_adapter(model: nn.Module, out_dir: str | Path, *, base_info: dict[str, 
             _write_peft(model, tmp, info, base_info)
         else:
             _write_native(model, tmp, info, base_info)
-        _fsync_dir(tmp)
-        _replace_dir(tmp, out_dir)
+        fsync_dir(tmp)
+        replace_dir(tmp, out_dir)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
-
-
-def _cme_fields(info: dict[str, Any], base_info: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "method": info["method"],
-        "preset": info["preset"],
-        "params": info["params"],
-        "target_modules": info["targets"],
-        "base_model": base_info,
-    }
 
 
 def _write_native(model: nn.Module, tmp: Path, info: dict[str, Any], base_info: dict[str, Any]) -> None:
@@ -482,59 +427,15 @@ def _write_native(model: nn.Module, tmp: Path, info: dict[str, Any], base_info: 
     tmp.mkdir()
     tensors = {k: v.contiguous().cpu() for k, v in adapter_state(model).items()}
     save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": FORMAT, "method": info["method"]})
-    (tmp / CONFIG_NAME).write_text(json.dumps(_cme_fields(info, base_info), indent=2, sort_keys=True) + "\n")
+    (tmp / CONFIG_NAME).write_text(json.dumps(cme_fields(info, base_info), indent=2, sort_keys=True) + "\n")
 
 
 def _write_peft(model: nn.Module, tmp: Path, info: dict[str, Any], base_info: dict[str, Any]) -> None:
     model.save_pretrained(str(tmp), safe_serialization=True)
     config_path = tmp / CONFIG_NAME
     config = json.loads(config_path.read_text())
-    config["cme_bench"] = _cme_fields(info, base_info)
+    config["cme_bench"] = cme_fields(info, base_info)
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-
-
-def _fsync_dir(folder: Path) -> None:
-    for path in folder.iterdir():
-        with open(path, "rb") as fh:
-            os.fsync(fh.fileno())
-
-
-def _replace_dir(tmp: Path, out_dir: Path) -> None:
-    """``os.replace`` a folder into place; an existing ``out_dir`` is moved aside first (replace needs it gone)."""
-    if out_dir.exists():
-        old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out_dir)
-
-
-def read_adapter_config(adapter_dir: str | Path) -> tuple[Path, dict[str, Any], Path]:
-    """``(folder, adapter_config.json contents, weights path)``; refuses pickled weights."""
-    folder = Path(adapter_dir).expanduser()
-    config_path = folder / CONFIG_NAME
-    if not config_path.is_file():
-        raise CmeError(f"{str(folder)!r} is not an adapter folder: {CONFIG_NAME} is missing")
-    weights = folder / WEIGHTS_NAME
-    if not weights.is_file():
-        pickled = [p.name for p in folder.glob("*.bin")] + [p.name for p in folder.glob("*.pt")]
-        hint = (
-            f" ({', '.join(pickled)} found: convert it to safetensors; cme-bench never unpickles)" if pickled else ""
-        )
-        raise CmeError(f"{str(folder)!r} has no {WEIGHTS_NAME}{hint}")
-    return folder, json.loads(config_path.read_text()), weights
-
-
-def detect_layout(config: dict[str, Any]) -> str:
-    """``"cme-bench"``, ``"teamlora-authors"`` (PEFT-style LoRA config with ``lora_nums``) or ``"peft"``."""
-    if config.get("format") == FORMAT:
-        return "cme-bench"
-    if "peft_type" in config and config.get("lora_nums"):
-        return "teamlora-authors"
-    if "peft_type" in config:
-        return "peft"
-    raise CmeError(f"unrecognised adapter_config.json (keys: {', '.join(sorted(config))})")
 
 
 def load_adapter(base_model: nn.Module, adapter_dir: str | Path) -> nn.Module:
@@ -595,8 +496,8 @@ def _load_peft(base_model: nn.Module, folder: Path, config: dict[str, Any], stat
         warnings.filterwarnings("ignore", message=r"Unexpected keyword arguments \['cme_bench'\]")
         peft_config = PeftConfig.from_pretrained(str(folder))
     peft_config.inference_mode = False
-    method = cme.get("method") or _peft_method(config)
-    targets = find_targets(base_model, _targets_from_peft(peft_config.target_modules), nn.Linear)
+    method = cme.get("method") or peft_method(config)
+    targets = find_targets(base_model, targets_from_peft(peft_config.target_modules), nn.Linear)
     was_training = base_model.training
     model = get_peft_model(base_model, peft_config)
     model.train(was_training)
@@ -612,39 +513,6 @@ def _load_peft(base_model: nn.Module, folder: Path, config: dict[str, Any], stat
     }
     load_adapter_state(model, state)
     return model
-
-
-def _peft_method(config: dict[str, Any]) -> str:
-    if config["peft_type"] == "ADALORA":
-        return "adalora"
-    if config["peft_type"] == "LORA":
-        return "dora" if config.get("use_dora") else "lora"
-    raise CmeError(f"unsupported PEFT adapter type {config['peft_type']!r} (supported: LORA, ADALORA)")
-
-
-def _targets_from_peft(targets: Any) -> list[str]:
-    if isinstance(targets, str):
-        return ["re:" + targets]
-    return sorted(targets or [])
-
-
-def check_base(saved: dict[str, Any] | None, base_model: nn.Module) -> None:
-    """Refuse a base whose architecture differs from the one the adapter was trained on (naming each field)."""
-    if not saved:
-        log.warning("adapter records no base model; skipping the architecture check")
-        return
-    from cme_bench.models import architecture_info
-
-    current = architecture_info(base_model)
-    diffs = [
-        f"{k}: adapter was trained on {saved[k]!r}, this model has {current.get(k)!r}"
-        for k in BASE_FIELDS
-        if k in saved and saved[k] is not None and saved[k] != current.get(k)
-    ]
-    if diffs:
-        raise CmeError("adapter was trained on a different base architecture:\n  - " + "\n  - ".join(diffs))
-    if saved.get("fingerprint") and saved["fingerprint"] != current.get("fingerprint"):
-        log.warning("base model fingerprint differs from the adapter's (same architecture, different weights?)")
 
 
 # ----------------------------------------------------------------------------------------------------------------

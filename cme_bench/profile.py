@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 SCHEMA = "cme-bench-profile"
 VERSION = 1
 FORMS = ("reference", "fused")
+PROFILE_HORIZON = 10_000  # nominal training length handed to apply_adapter (AdaLoRA's schedule needs one)
 
 
 @dataclass(frozen=True)
@@ -85,10 +86,8 @@ class ProfileSettings:
 
 
 def load_preset(name: str) -> Any:
-    try:
-        from cme_bench import adapters
-    except ImportError as err:  # the adapters module is issue 3's; say what is missing rather than a traceback
-        raise CmeError(f"adapter presets are unavailable (cme_bench.adapters: {err})") from err
+    from cme_bench import adapters
+
     return adapters.load_preset(name)
 
 
@@ -187,7 +186,8 @@ def apply_variant(model: nn.Module, variant: Variant, seed: int = 0) -> nn.Modul
     # preset_from_dict re-validates the overridden parameters (e.g. r_a divisible by num_experts).
     data = {"method": base.method, "params": {**base.params, **variant.overrides}}
     preset = adapters.preset_from_dict(data, name=variant.label)
-    return adapters.apply_adapter(share_weights_copy(model), preset, seed=seed)
+    # total_steps only matters to AdaLoRA's rank schedule, which needs some horizon to be built at all.
+    return adapters.apply_adapter(share_weights_copy(model), preset, seed=seed, total_steps=PROFILE_HORIZON)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -217,14 +217,6 @@ def random_tokens(vocab_size: int, batch: int, length: int, seed: int, device: t
     return torch.randint(0, vocab_size, (batch, length), generator=gen).to(device)
 
 
-def _aux_loss(model: nn.Module) -> torch.Tensor | None:
-    try:
-        from cme_bench.adapters import aux_loss
-    except ImportError:
-        return None
-    return aux_loss(model)
-
-
 class Trainer:
     """One variant's training step: forward + aux loss + backward + AdamW step, timed end to end."""
 
@@ -233,19 +225,25 @@ class Trainer:
         self.tokens = tokens
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=1e-5) if params else None
+        self.steps = 0
 
     def step(self) -> float:
+        from cme_bench.adapters import aux_loss, step_hook
+
         device = self.tokens.device
         self.model.train()
         _sync(device)
         start = time.perf_counter()
         loss = self.model(input_ids=self.tokens, labels=self.tokens).loss
-        aux = _aux_loss(self.model)
+        aux = aux_loss(self.model)  # the method's balance term is part of its training cost
         if aux is not None:
             loss = loss + aux
         loss.backward()
+        self.steps += 1
         if self.optimizer is not None:
             self.optimizer.step()
+        step_hook(self.model, self.steps)  # AdaLoRA's rank reallocation (needs the grads); no-op for others
+        if self.optimizer is not None:
             self.optimizer.zero_grad(set_to_none=True)
         _sync(device)
         return time.perf_counter() - start
@@ -307,12 +305,15 @@ def measure_inference(
 
     Returns ``{"prefill_ms", "decode_ms_per_token", "prefill_ms_p25", ..., "batch", "prompt_len", "new_tokens"}``
     with medians over ``repeats`` after ``warmup`` untimed generations; the runner stores it under ``costs``.
+    The model's train/eval mode is restored afterwards.
     """
     vocab = model.get_input_embeddings().weight.shape[0]
     prompt = random_tokens(vocab, batch, prompt_len, seed, _device(model))
+    was_training = model.training
     for _ in range(warmup):
         time_generation(model, prompt, new_tokens, _pad_id(tokenizer))
     runs = [time_generation(model, prompt, new_tokens, _pad_id(tokenizer)) for _ in range(repeats)]
+    model.train(was_training)
     return _inference_figures([r[0] for r in runs], [r[1] for r in runs]) | {
         "batch": batch,
         "prompt_len": prompt_len,

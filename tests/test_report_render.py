@@ -36,7 +36,7 @@ def test_markdown_escapes_and_bolds_best(table):
 
 def test_csv_has_raw_values_and_intervals(table):
     rows = list(csv.DictReader(io.StringIO(to_csv(table))))
-    assert [r["run"] for r in rows][0] == EVIL  # CSV holds the raw text; it is not a markup format
+    assert rows[0]["run"] == EVIL  # CSV holds the raw text; it is not a markup format
     assert float(rows[0]["cme_avg_domains"]) == pytest.approx(0.8125)
     assert float(rows[0]["cme_avg_domains_lo"]) <= 0.8125 <= float(rows[0]["cme_avg_domains_hi"])
     assert rows[3]["status"] == "failed" and rows[3]["cme_avg_domains"] == ""
@@ -70,9 +70,20 @@ def test_site_is_static_and_escaped(tmp_path):
     write_text_outputs(report, out)
     pages = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.html"))
     assert pages == [
-        "costs.html", "domains/knowledge.html", "domains/reasoning.html", "index.html", "methods.html",
-        "runs/tiny--broken.html", "runs/tiny--lora.html", "runs/tiny--none.html", "runs/tiny--teamlora.html",
-        "samples/t_a.html", "samples/t_b.html", "samples/t_c.html", "tasks/t_a.html", "tasks/t_b.html",
+        "costs.html",
+        "domains/knowledge.html",
+        "domains/reasoning.html",
+        "index.html",
+        "methods.html",
+        "runs/tiny--broken.html",
+        "runs/tiny--lora.html",
+        "runs/tiny--none.html",
+        "runs/tiny--teamlora.html",
+        "samples/t_a.html",
+        "samples/t_b.html",
+        "samples/t_c.html",
+        "tasks/t_a.html",
+        "tasks/t_b.html",
         "tasks/t_c.html",
     ]
     for page in out.rglob("*.html"):
@@ -92,7 +103,9 @@ def test_site_is_static_and_escaped(tmp_path):
     assert "<svg" in (out / "runs" / "tiny--teamlora.html").read_text()  # loss curve + expert heatmap
     assert "CUDA out of memory" in (out / "runs" / "tiny--broken.html").read_text()
     assert "Pareto front" in (out / "costs.html").read_text()
-    assert "McNemar" in (out / "methods.html").read_text() and "Statistical methods" in (out / "leaderboard.md").read_text()
+    methods = (out / "methods.html").read_text()
+    assert "McNemar" in methods and "200 resamples" in methods  # the parameters this report used
+    assert "Statistical methods" in (out / "leaderboard.md").read_text()
 
 
 def test_profile_costs_become_columns(tmp_path):
@@ -117,7 +130,11 @@ def test_cli_report_end_to_end(tmp_path, capsys, monkeypatch):
     assert (out / "index.html").is_file() and (out / "leaderboard.tex").is_file()
     assert "3 successful" in capsys.readouterr().out
     # a second run must not read the leaderboard folder (or anything in it) as run records
-    assert cli_main(["report", "--results", str(results), "--bootstrap", "100", "--no-html"]) == 0
+    opened = []
+    monkeypatch.setattr("webbrowser.open", opened.append)
+    assert cli_main(["report", "--results", str(results), "--bootstrap", "100", "--open"]) == 0
+    assert opened == [(out / "index.html").resolve().as_uri()]
+    assert not list(out.rglob("*.tmp"))  # every file was renamed into place
 
 
 def test_cli_report_errors(tmp_path, capsys):
@@ -126,3 +143,85 @@ def test_cli_report_errors(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert cli_main(["report", "--results", str(tmp_path / "empty")]) == 2
     assert "no readable run records" in capsys.readouterr().err
+
+
+def test_odd_but_valid_records_never_crash_the_site(tmp_path):
+    """Strange field values (wrong types, missing sections, string doc ids) render; nothing is averaged wrongly."""
+    results = tmp_path / "results"
+    write_run(
+        results,
+        "odd",
+        name=12345,
+        scores={"t_a": [1, 0]},
+        extra={
+            "training": {"loss_curve": "oops", "expert_load": [1, 2], "seconds": "slow"},
+            "error": "plain string",
+            "adapter": {"method": "x" * 300},
+            "environment": None,
+        },
+    )
+    folder = write_run(results, "strid", scores={"t_a": [1, 1]})
+    (folder / "samples" / "t_a.jsonl").write_text('{"doc_id": "q-1", "score": 1}\n{"doc_id": "q-2", "score": 0.5}\n')
+    write_run(results, "nan", scores={"t_a": [1]}, extra={"metrics": {"t_a": {"metric": "acc", "value": "0.5"}}})
+    out = tmp_path / "site"
+    report = build_report(results, task_info=fake_task_info, out=out, n_boot=50)
+    write_site(report, out)
+    write_text_outputs(report, out)
+    a = report.analysis
+    assert a.scores[("nan", "t_a")].value == 1.0  # a non-numeric recorded value falls back to the samples' mean
+    assert a.scores[("strid", "t_a")].value == 1.0 and a.items["t_a"].doc_ids[:2] == [0, 1]
+    assert "12345" in (out / "runs" / "odd.html").read_text()
+
+
+def test_only_failed_runs(tmp_path):
+    results = tmp_path / "results"
+    write_run(results, "f1", status="failed")
+    write_run(results, "f2", status="cancelled")
+    out = tmp_path / "site"
+    report = build_report(results, task_info=fake_task_info, out=out, n_boot=50)
+    write_site(report, out)
+    write_text_outputs(report, out)
+    assert [r.status for r in report.leaderboard.rows] == ["failed", "cancelled"]  # by run id
+    assert report.analysis.ranking_key is None and "no runs with both values" in (out / "costs.html").read_text()
+
+
+def _tiny_table():
+    from cme_bench.report.table import Cell, Column, Row, Table
+
+    columns = (
+        Column("run", "Run", "info"),
+        Column("acc", "Acc", "task", True, unit="%"),
+        Column("time", "Time", "efficiency", False),
+    )
+    rows = (
+        Row("a", (Cell("a|b", "a|b"), Cell(0.5, "50.0", (0.4, 0.6), "[40.0, 60.0]", 0.05), Cell(10.0, "10"))),
+        Row("b", (Cell("b_1", "b_1"), Cell(0.7, "70.0", None, "", 0.1), Cell(20.0, "20"))),
+    )
+    return Table("T", columns, rows, ("note",))
+
+
+def test_markdown_golden():
+    assert to_markdown(_tiny_table(), intervals_for=("task",)) == (
+        "| Run | Acc | Time |\n"
+        "|---|---:|---:|\n"
+        "| a\\|b | 50.0 \\[40.0, 60.0\\] | **10** |\n"
+        "| b\\_1 | **70.0** | 20 |\n"
+        "\n_note_\n"
+    )
+
+
+def test_latex_golden():
+    lines = to_latex(_tiny_table(), caption="Cap").splitlines()
+    assert lines[4] == r"\begin{tabular}{lrr}"
+    assert lines[6] == r"Run & Acc & Time \\"
+    assert lines[8] == r"a\textbar{}b & 50.0{\scriptsize$\pm$5.0} & \textbf{10} \\"
+    assert lines[9] == r"b\_1 & \textbf{70.0}{\scriptsize$\pm$10.0} & 20 \\"
+    assert r"\caption{Cap}" in lines
+
+
+def test_csv_golden():
+    assert to_csv(_tiny_table()) == (
+        "run,acc,acc_lo,acc_hi,acc_stderr,time,time_lo,time_hi,time_stderr\n"
+        "a|b,0.5,0.4,0.6,0.05,10.0,,,\n"
+        "b_1,0.7,,,0.1,20.0,,,\n"
+    )

@@ -99,8 +99,14 @@ def test_rank_ranges_and_tie_groups():
 
 def test_significance_matrix():
     rng = np.random.default_rng(0)
-    reps = np.vstack([0.9 + 0.01 * rng.standard_normal(500), 0.1 + 0.01 * rng.standard_normal(500),
-                      0.1 + 0.01 * rng.standard_normal(500), np.full(500, np.nan)])
+    reps = np.vstack(
+        [
+            0.9 + 0.01 * rng.standard_normal(500),
+            0.1 + 0.01 * rng.standard_normal(500),
+            0.1 + 0.01 * rng.standard_normal(500),
+            np.full(500, np.nan),
+        ]
+    )
     better = stats.significance_matrix(reps, np.array([0.9, 0.1, 0.1, 0.5]))
     assert better[0, 1] and better[0, 2]
     assert not better[1, 2] and not better[2, 1] and not better[1, 0]

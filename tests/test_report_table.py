@@ -46,7 +46,9 @@ def test_columns_come_from_the_task_registry(analysis):
     labels = {c.key: c for c in table.columns}
     assert labels["task:t_a"].label == "Task A" and labels["task:t_a"].domain == "reasoning"
     assert labels["task:t_c"].label == "Task C" and labels["task:t_c"].domain == "knowledge"
-    assert [c.group for c in table.columns][:5] == ["info"] * 5
+    assert [c.group for c in table.columns][:6] == ["info"] * 6 and table.columns[6].group == "aggregate"
+    assert table.cell("tiny--lora", "settings").display == "cme-mini · seed 0 · 10 steps"
+    assert table.cell("tiny--none", "settings").display == "cme-mini · seed 0"  # a base model has no training
     assert labels["trainable_params"].higher_is_better is False and labels["tokens_per_second"].higher_is_better
 
 
@@ -120,7 +122,12 @@ def test_fallback_metadata_from_the_run_record(tmp_path):
     write_run(root, "r2", scores={"ppl_task": [1.0, 2.0]}, extra={"evaluation": {"lm_eval": lm_eval}})
     a = analyse(load_runs(root), None, n_boot=100)
     meta = a.tasks["ppl_task"]
-    assert (meta.display_name, meta.domain, meta.higher_is_better, meta.source) == ("ppl_task", "lm", False, "run record")
+    assert (meta.display_name, meta.domain, meta.higher_is_better, meta.source) == (
+        "ppl_task",
+        "lm",
+        False,
+        "run record",
+    )
     table = leaderboard_table(a)
     assert table.cell("r1", "task:ppl_task").display == "4"  # not in [0, 1]: raw, not x100
     assert table.best_rows("task:ppl_task") == {table.rows.index(next(r for r in table.rows if r.key == "r2"))}
@@ -153,3 +160,37 @@ def test_slug_is_safe_and_unique():
     assert slug("tiny--lora") == "tiny--lora"
     assert slug("a/b") != slug("a_b") and "/" not in slug("a/b")
     assert not slug("../x").startswith(".")
+
+
+def test_base_row_evaluated_the_same_way_is_preferred(tmp_path):
+    root = tmp_path / "results"
+    write_run(
+        root,
+        "a-base-limited",
+        method="none",
+        scores={"t_a": [1, 0]},
+        extra={"config": {"model": "tiny-llama", "suite": "cme-mini", "limit": 2}},
+    )
+    write_run(
+        root,
+        "b-base-full",
+        method="none",
+        scores={"t_a": [1, 0, 0, 0]},
+        extra={"config": {"model": "tiny-llama", "suite": "cme-mini", "limit": None}},
+    )
+    write_run(
+        root,
+        "c-lora",
+        scores={"t_a": [1, 1, 0, 0]},
+        extra={"config": {"model": "tiny-llama", "suite": "cme-mini", "limit": None}},
+    )
+    write_run(
+        root,
+        "d-other-limit",
+        scores={"t_a": [1, 1]},
+        extra={"config": {"model": "tiny-llama", "suite": "cme-mini", "limit": 7}},
+    )
+    a = analyse(load_runs(root), fake_task_info, n_boot=50)
+    runs = {r.run_id: r for r in a.runs}
+    assert a.base_run(runs["c-lora"]).run_id == "b-base-full"
+    assert a.base_run(runs["d-other-limit"]).run_id == "a-base-limited"  # no exact match: first base of the model

@@ -48,7 +48,7 @@ def test_run_end_to_end_writes_a_complete_record(tmp_path: Path):
     assert rec["schema_version"] == results.SCHEMA_VERSION
     assert rec["model"]["fingerprint"] == base["model"]["fingerprint"]
     assert rec["adapter"]["method"] == "teamlora" and rec["adapter"]["routed"] is True
-    assert 0 < rec["adapter"]["trainable_parameters"]
+    assert rec["adapter"]["trainable_parameters"] > 0
     train = rec["training"]
     assert train["steps"] == 4 and len(train["loss_curve"]) == 4 and train["tokens_per_second"] > 0
     assert set(train["expert_load"]) and all(len(v) == 4 for v in train["expert_load"].values())
@@ -103,8 +103,16 @@ def test_sweep_records_a_failing_method_and_finishes_the_others(tmp_path: Path):
     broken.write_text("method: teamlora\ndescription: deliberately broken\nparams:\n  r_a: 30\n  num_experts: 4\n")
     out = tmp_path / "results"
     proc = _cli(
-        "sweep", *FAST, "--adapters", f"lora,{broken},hydralora", "--max-steps", "2", "--output", str(out),
-        "--no-report", check=False,
+        "sweep",
+        *FAST,
+        "--adapters",
+        f"lora,{broken},hydralora",
+        "--max-steps",
+        "2",
+        "--output",
+        str(out),
+        "--no-report",
+        check=False,
     )
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "1 of 4 runs failed: " in proc.stdout

@@ -111,13 +111,16 @@ def test_mini_prompt_is_cme_alpaca_format(mini_tasks: dict) -> None:
 
 @pytest.mark.parametrize("name", MINI)
 def test_train_and_test_parts_are_disjoint(name: str, mini_tasks: dict) -> None:
-    """No document id is in both parts, and every id lands where the seeded hash says."""
+    """No document id (nor question text) is in both parts, and every id lands where the seeded hash says."""
     task = mini_tasks[name]
     kwargs = task.config.dataset_kwargs
     train = [d["id"] for d in taskreg.docs(task, "train")]
     test = [d["id"] for d in taskreg.docs(task, "test")]
     assert not set(train) & set(test)
     assert len(set(train)) == len(train) and len(set(test)) == len(test)
+    # Stronger than ids: no test question (input, or instruction when the input is empty) is also a train question.
+    question = lambda d: (d["input"] or d["instruction"]).strip().lower()  # noqa: E731
+    assert not {question(d) for d in taskreg.docs(task, "train")} & {question(d) for d in taskreg.docs(task, "test")}
     assert all(taskdata.split_part(i, kwargs["split_seed"], kwargs["test_fraction"]) == "test" for i in test[:50])
     assert all(taskdata.split_part(i, kwargs["split_seed"], kwargs["test_fraction"]) == "train" for i in train[:50])
 
@@ -159,6 +162,9 @@ def test_label_normalisation_and_metrics() -> None:
     assert taskdata.score_qa(doc, ["the Sunset"])["f1"] == pytest.approx(2 / 3)
     assert taskdata.score_math({"answers": ["1250"]}, ["... 1,000 + 250 = 1,250. The answer is 1,250."])["acc"] == 1.0
     assert taskdata.score_math({"answers": ["18"]}, ["The answer is 16"])["acc"] == 0.0
+    assert taskdata.score_math({"answers": ["18"]}, ["9 * 2 = 18\nThe answer is 18\nQ: 5 + 7 = 12"])["acc"] == 1.0
+    assert taskdata.score_label({"output": "B", "labels": ["A", "B"]}, ["\n\nB. desk\nmore"])["acc"] == 1.0
+    assert taskdata.score_qa({"answers": ["Rihanna"]}, ["\nRihanna\nwho else"])["exact_match"] == 1.0
     assert taskdata.score_summary({"answers": ["a b c"]}, ["a b c"])["rougeL"] == 1.0
 
 
@@ -270,3 +276,17 @@ def test_template_worked_example(tmp_path: Path) -> None:
     examples = build_mixture(MixtureConfig(suite="cme_my_emotion"), include_path=include)
     assert examples and all(ex["target"] in {"joy", "sadness", "fear"} for ex in examples)
     assert taskreg.task_info("cme_my_emotion", include).domain == "sentiment"
+
+
+def test_list_and_show_cli(capsys: pytest.CaptureFixture) -> None:
+    """`tasks list` prints every task of a suite with its metric; `tasks show` prints a CME prompt and the sizes."""
+    from cme_bench.cli import main
+
+    assert main(["tasks", "list", "--all", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["task"] for r in rows} == set(MINI) | set(FULL)
+    assert main(["tasks", "show", "cme_mini_winogrande", "--part", "train", "--index", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "sizes:       train 920, test 347" in out and "Option B: '" in out and "</s>\n--- target ---" in out
+    assert main(["tasks", "show", "cme_mini_copa", "--index", "999"]) == 2
+    assert "out of range" in capsys.readouterr().err

@@ -12,7 +12,7 @@ from torch import nn
 
 from cme_bench import adapters
 from cme_bench.errors import CmeError
-from cme_bench.models import build_tiny_llama
+from cme_bench.models import architecture_info, build_tiny_llama
 from cme_bench.tuners import TUNERS, get_method
 from cme_bench.tuners.hydralora import HydraLoraLayer
 from cme_bench.tuners.mixlora import MixLoraBlock, switch_balance_loss
@@ -271,6 +271,27 @@ def test_adalora_needs_total_steps_and_step_hook_allocates():
     assert allocator.peft_config.total_step == 6 and masked > 0  # budget shrank from init_r towards target_r
 
 
+def test_adalora_round_trip_after_final_allocation(tmp_path):
+    """Once the final budget is fixed PEFT saves resized tensors (rank_pattern); the strict loader must accept them."""
+    preset = adapters.preset_from_dict(
+        {"method": "adalora", "params": {"init_r": 4, "target_r": 2, "tinit": 1, "tfinal": 1}}, name="a"
+    )
+    model = adapters.apply_adapter(build_tiny_llama(seed=0)[0], preset, total_steps=4, seed=0)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    ids = torch.randint(0, 100, (2, 6), generator=torch.Generator().manual_seed(0))
+    for step in range(5):
+        model(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+        adapters.step_hook(model, step)
+        opt.zero_grad()
+    assert model.peft_config["default"].rank_pattern
+    model.eval()
+    adapters.save_adapter(model, tmp_path / "ad", base_info=architecture_info(build_tiny_llama(seed=0)[0]))
+    loaded = adapters.load_adapter(build_tiny_llama(seed=0)[0], tmp_path / "ad")
+    # Pruned ranks are dropped from the saved tensors, so the matmuls have a smaller inner size: equal up to rounding.
+    torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=0, atol=1e-5)
+
+
 def test_dora_is_peft_dora():
     from peft import PeftModel
 
@@ -278,3 +299,33 @@ def test_dora_is_peft_dora():
     model = adapters.apply_adapter(model, "dora", seed=0)
     assert isinstance(model, PeftModel) and model.peft_config["default"].use_dora
     assert any("lora_magnitude_vector" in n for n, p in model.named_parameters() if p.requires_grad)
+
+
+def _peft_layer(model, path="model.layers.0.mlp.up_proj"):
+    return model.base_model.model.get_submodule(path)
+
+
+def test_dora_closed_form():
+    """W' = m * (W0 + s B A) / ||W0 + s B A||_row, with m learnable (here perturbed away from its init)."""
+    model = adapters.apply_adapter(build_tiny_llama(seed=0)[0], "dora", seed=0)
+    randomise(model, seed=7, scale=0.1)
+    layer = _peft_layer(model)
+    w0 = layer.base_layer.weight
+    delta = layer.scaling["default"] * layer.lora_B["default"].weight @ layer.lora_A["default"].weight
+    m = layer.lora_magnitude_vector["default"].weight
+    w_new = (m / (w0 + delta).norm(dim=1)).unsqueeze(1) * (w0 + delta)
+    x = torch.randn(3, 64)
+    torch.testing.assert_close(layer(x), x @ w_new.T, rtol=1e-4, atol=1e-5)
+
+
+def test_adalora_closed_form():
+    """h = W0 x + B (A * E) x * alpha / (r + 1e-5), with r the stored rank (PEFT's ranknum)."""
+    preset = adapters.preset_from_dict({"method": "adalora", "params": {"init_r": 4, "target_r": 2}}, name="a")
+    model = adapters.apply_adapter(build_tiny_llama(seed=0)[0], preset, total_steps=10, seed=0)
+    randomise(model, seed=8, scale=0.1)
+    layer = _peft_layer(model)
+    a, b, e = (layer.lora_A["default"], layer.lora_B["default"], layer.lora_E["default"])
+    assert a.shape == (4, 64) and e.shape == (4, 1) and b.shape == (128, 4)
+    x = torch.randn(3, 64)
+    expected = layer.base_layer(x) + (x @ (a * e).T @ b.T) * 32 / (4 + 1e-5)
+    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-6)

@@ -61,6 +61,27 @@ def test_routed_delta_matches_tuner_layers(method: str, tmp_path: Path) -> None:
             torch.testing.assert_close(base(xin) + delta(xin), module(xin), rtol=1e-4, atol=1e-4)
 
 
+def test_mixlora_ffn_matches_tuner_block(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from cme_bench.vllm_backend.routed import MixLoraFFN, group_by_block, load_routed_adapter
+
+    params = {"r": 4, "num_experts": 4, "top_k": 2, "alpha": 8, "dropout": 0.0}
+    model, _, folder = _adapted("mixlora", params, tmp_path)
+    adapter = load_routed_adapter(folder)
+    blocks = group_by_block(load_file(str(adapter.weights_file)))
+    assert sorted(blocks) == [0, 1]
+    for idx, leaves in blocks.items():
+        block = model.get_submodule(f"model.layers.{idx}.mlp")
+        mlp = block.base_layer
+        ffn = MixLoraFFN(adapter.params, mlp.gate_proj.in_features, mlp.gate_proj.out_features, torch.float32)
+        ffn.load(leaves)
+        x = torch.randn(9, mlp.gate_proj.in_features, generator=torch.Generator().manual_seed(idx))
+        with torch.no_grad():
+            gate_up = torch.cat([mlp.gate_proj(x), mlp.up_proj(x)], dim=-1)
+            torch.testing.assert_close(ffn(x, gate_up, mlp.down_proj), block(x), rtol=1e-4, atol=1e-4)
+
+
 def test_packed_delta_adds_per_slice() -> None:
     from cme_bench.vllm_backend.routed import PackedDelta, RoutedDelta
 
@@ -107,9 +128,12 @@ def test_mergeable_adapters_convert_exactly_to_lora(method: str, params: dict, t
 
 
 def test_plan_kinds_and_rank_rounding(tmp_path: Path) -> None:
+    import json
+
     from cme_bench.vllm_backend.serving import lora_rank_limit, plan
 
     _, _, folder = _adapted("teamlora", ROUTED["teamlora"], tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
     p = plan(tmp_path, folder)
     assert p.kind == "routed" and p.hf_overrides["cme_adapter"] == str(folder.resolve())
     assert plan(tmp_path, None).kind == "base"
@@ -124,3 +148,36 @@ def test_missing_vllm_names_the_install_command(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(vb, "_checked", False)
     with pytest.raises(CmeError, match="make vllm-env"):
         vb.require_vllm()
+
+
+def test_dora_is_served_merged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from cme_bench.models import save_model_folder
+    from cme_bench.vllm_backend.serving import plan
+
+    monkeypatch.setenv("CME_BENCH_CACHE", str(tmp_path / "cache"))
+    base, tok = build_tiny_llama(seed=0)
+    base_dir = save_model_folder(base, tok, tmp_path / "base")
+    model, _, folder = _adapted("dora", {"r": 4, "alpha": 8, "dropout": 0.0}, tmp_path)
+    p = plan(base_dir, folder)
+    assert p.kind == "merged" and p.model_dir != base_dir.resolve()
+    merged = AutoModelForCausalLM.from_pretrained(p.model_dir, dtype=torch.float32).eval()
+    ids = torch.randint(3, 200, (2, 10), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids).logits, model(ids).logits, rtol=1e-4, atol=1e-4)
+    assert plan(base_dir, folder).model_dir == p.model_dir  # cached, not merged again
+
+
+def test_routed_needs_a_llama_base(tmp_path: Path) -> None:
+    import json
+
+    from cme_bench.errors import CmeError
+    from cme_bench.vllm_backend.serving import plan
+
+    _, _, folder = _adapted("teamlora", ROUTED["teamlora"], tmp_path)
+    qwen = tmp_path / "qwen"
+    qwen.mkdir()
+    (qwen / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
+    with pytest.raises(CmeError, match="Llama-family"):
+        plan(qwen, folder)

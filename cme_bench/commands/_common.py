@@ -35,12 +35,12 @@ def refresh_report(args: argparse.Namespace) -> None:
     """Rebuild the leaderboard from every run under --output; a reporting problem never fails the run."""
     if not getattr(args, "report", False):
         return
+    from cme_bench.report import build_report, write_site, write_text_outputs
+
+    results, out = Path(args.output), Path(args.output) / "leaderboard"
     try:
-        from cme_bench.report import build_report
-    except ImportError:
-        return
-    try:
-        out = build_report(Path(args.output), Path(args.output) / "leaderboard")
-        print(f"leaderboard: {out}")
+        report = build_report(results, out=out)
+        write_text_outputs(report, out)
+        print(f"leaderboard: {write_site(report, out)}")
     except Exception as exc:  # the run itself is recorded; the report can be rebuilt with `cme-bench report`
         log.warning("could not refresh the leaderboard: %s", exc)

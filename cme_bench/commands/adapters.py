@@ -72,7 +72,7 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _resolve_config(spec: str | None):
-    from cme_bench.adapters import PAPER_BASE, paper_base_config
+    from cme_bench.tuners.paper import PAPER_BASE, paper_base_config
 
     if spec in (None, PAPER_BASE):
         return PAPER_BASE, paper_base_config()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -72,16 +73,27 @@ class Analysis:
         return [r for r in self.runs if r.ok]
 
     @cached_property
-    def _bases(self) -> dict[str, RunRecord]:
-        bases: dict[str, RunRecord] = {}
+    def unit_interval_tasks(self) -> dict[str, bool]:
+        """Per task: do all its values lie in [0, 1] (accuracy-like, shown as a percentage)?"""
+        out = dict.fromkeys(self.tasks, True)
+        for (_, task), score in self.scores.items():
+            if score.value is not None and not 0.0 <= score.value <= 1.0:
+                out[task] = False
+        return out
+
+    @cached_property
+    def _bases(self) -> dict[tuple, RunRecord]:
+        bases: dict[tuple, RunRecord] = {}
         for run in self.ok_runs:
-            if run.is_base:
-                bases.setdefault(run.model_name, run)  # runs are sorted by id: the first one wins
+            if run.is_base:  # runs are sorted by id: the first one wins
+                bases.setdefault(_base_key(run), run)
+                bases.setdefault((run.model_name,), run)
         return bases
 
     def base_run(self, run: RunRecord) -> RunRecord | None:
-        """The successful base-model row (adapter none) for ``run``'s model, if any."""
-        return self._bases.get(run.model_name)
+        """The successful base-model row (adapter none) for ``run``'s model, if any: one evaluated the same way
+        (suite and limit) when there is one, else any run of that base model."""
+        return self._bases.get(_base_key(run)) or self._bases.get((run.model_name,))
 
     def paired(self, task: str, a: RunRecord, b: RunRecord) -> dict:
         """Paired test of a vs b on ``task`` (see stats.paired_test)."""
@@ -92,6 +104,16 @@ class Analysis:
         return stats.paired_test(
             ti.matrix[ti.row[a.run_id]], ti.matrix[ti.row[b.run_id]], sa.replicates, sb.replicates
         )
+
+
+def _base_key(run: RunRecord) -> tuple:
+    cfg = run.section("config")
+    return (run.model_name, str(cfg.get("suite")), str(cfg.get("limit")))
+
+
+def _natural(text: str) -> tuple:
+    """Sort key that orders "Task 2" before "Task 10"."""
+    return tuple(int(p) if p.isdigit() else p.lower() for p in re.split(r"(\d+)", text))
 
 
 def _doc_key(doc_id: object) -> object:
@@ -128,10 +150,19 @@ def fill_intervals(scores: list[Score]) -> None:
         return
     reps = np.vstack([s.replicates for s in todo])
     q = [100 * stats.ALPHA / 2, 100 * (1 - stats.ALPHA / 2)]
-    with warnings.catch_warnings():  # all-NaN rows (no usable resample) simply get no interval
-        warnings.simplefilter("ignore", RuntimeWarning)
-        lo, hi = np.nanpercentile(reps, q, axis=1)
-        sd = np.nanstd(reps, axis=1, ddof=1)
+    # np.percentile on the NaN-free rows in one call; nanpercentile (a per-row Python loop) only where needed.
+    has_nan = np.isnan(reps).any(axis=1)
+    lo, hi = np.full(len(todo), np.nan), np.full(len(todo), np.nan)
+    sd = np.full(len(todo), np.nan)
+    clean = ~has_nan
+    if clean.any():
+        lo[clean], hi[clean] = np.percentile(reps[clean], q, axis=1)
+        sd[clean] = reps[clean].std(axis=1, ddof=1)
+    if has_nan.any():
+        with warnings.catch_warnings():  # all-NaN rows (no usable resample) simply get no interval
+            warnings.simplefilter("ignore", RuntimeWarning)
+            lo[has_nan], hi[has_nan] = np.nanpercentile(reps[has_nan], q, axis=1)
+            sd[has_nan] = np.nanstd(reps[has_nan], axis=1, ddof=1)
     for score, a, b, d in zip(todo, lo, hi, sd):
         if not np.isnan(a):
             score.interval = (float(a), float(b))
@@ -238,7 +269,7 @@ def analyse(
     ok = [r for r in runs if r.ok]
     names = sorted({t for r in ok for t in r.metrics})
     meta = resolve_tasks(names, runs, task_info)
-    tasks = dict(sorted(meta.items(), key=lambda kv: (kv[1].domain, kv[1].display_name, kv[0])))
+    tasks = dict(sorted(meta.items(), key=lambda kv: (_natural(kv[1].domain), _natural(kv[1].display_name), kv[0])))
     domains: dict[str, list[str]] = {}
     for t, m in tasks.items():
         domains.setdefault(m.domain, []).append(t)

@@ -89,18 +89,14 @@ def score_cell(score: Score | None, percent: bool, href: str | None = None) -> C
 
 
 def number(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return None
     return float(value)
 
 
 def percent_tasks(analysis: Analysis) -> dict[str, bool]:
     """Tasks whose values all lie in [0, 1]: shown x100 like the averages; others as raw numbers."""
-    out = dict.fromkeys(analysis.tasks, True)
-    for (_, task), score in analysis.scores.items():
-        if score.value is not None and not 0.0 <= score.value <= 1.0:
-            out[task] = False
-    return out
+    return analysis.unit_interval_tasks
 
 
 # --- rows shared by every table ---------------------------------------------------------------------------------
@@ -111,7 +107,25 @@ INFO_COLUMNS = (
     Column("status", "Status", "info"),
     Column("model", "Base model", "info"),
     Column("method", "Method", "info", description="adapter method (preset)"),
+    Column("settings", "Settings", "info", description="suite, seed, training steps, learning rate, eval limit"),
 )
+
+
+def settings_text(run: RunRecord) -> str:
+    """The settings that tell two runs of one method apart, in a few words."""
+    cfg = run.section("config")
+    parts = [str(cfg["suite"])] if cfg.get("suite") else []
+    if cfg.get("seed") is not None:
+        parts.append(f"seed {cfg['seed']}")
+    if not run.is_base and cfg.get("max_steps"):
+        parts.append(f"{cfg['max_steps']} steps")
+    elif not run.is_base and cfg.get("epochs"):
+        parts.append(f"{cfg['epochs']} epochs")
+    if not run.is_base and number(cfg.get("learning_rate")) is not None:
+        parts.append(f"lr {cfg['learning_rate']:.2g}")
+    if cfg.get("limit"):
+        parts.append(f"limit {cfg['limit']}")
+    return " · ".join(parts)
 
 
 def run_meta(run: RunRecord) -> Mapping[str, str]:
@@ -131,6 +145,7 @@ def info_cells(run: RunRecord) -> tuple[Cell, ...]:
         ),
         Cell(run.model_name, run.model_name),
         Cell(method, "none (base model)" if run.is_base else method),
+        Cell(settings_text(run), settings_text(run) or "—"),
     )
 
 
@@ -195,48 +210,52 @@ def cost_direction(key: str) -> bool:
 def leaderboard_table(
     analysis: Analysis, profiles: Mapping[tuple[str, str], Mapping[str, float]] = MappingProxyType({})
 ) -> Table:
-    tasks, key, pct = analysis.tasks, analysis.ranking_key, percent_tasks(analysis)
-    columns: list[Column] = [Column("rank", "Rank", "info", description="rank range on " + (key or "—"))]
-    columns += INFO_COLUMNS
-    for agg in AGGREGATES:
-        label, desc = AGGREGATE_LABELS[agg]
-        columns.append(Column(agg, label, "aggregate", True, desc, unit="%"))
-    columns.append(Column("win_rate", "Mean win rate", "aggregate", True, "HELM mean win rate over tasks", unit="%"))
-    for domain, members in analysis.domains.items():
-        columns.append(
-            Column(
-                f"domain:{domain}", domain, "domain", True, f"mean of {len(members)} task(s)", domain=domain, unit="%"
-            )
-        )
-    for task, meta in tasks.items():
-        columns.append(
-            Column(
-                f"task:{task}",
-                meta.display_name,
-                "task",
-                meta.higher_is_better,
-                f"{meta.name}: {meta.primary_metric}",
-                domain=meta.domain,
-                unit="%" if pct[task] else "",
-            )
-        )
-    for ekey, label, hib, *_ in EFFICIENCY:
-        columns.append(Column(ekey, label, "efficiency", hib))
+    """One row per run (best first, unsuccessful runs last) over every column group."""
+    key, pct = analysis.ranking_key, percent_tasks(analysis)
     costs = {r.run_id: run_costs(r, profiles) for r in analysis.runs}
     cost_keys = sorted({k for c in costs.values() for k in c} - {"model", "adapter"})
-    columns += [Column(f"cost:{k}", k, "cost", cost_direction(k), "from profile / run record") for k in cost_keys]
 
     def lookup(run_id: str, k: str):
         return analysis.aggregates.get((run_id, k), Score(None)).value
 
-    rows = []
-    for run in _sorted_runs(analysis, key, lookup):
-        rows.append(_leaderboard_row(analysis, run, costs[run.run_id], cost_keys, pct))
+    rows = [
+        _leaderboard_row(analysis, run, costs[run.run_id], cost_keys, pct)
+        for run in _sorted_runs(analysis, key, lookup)
+    ]
     notes = (
         f"Ranked by {AGGREGATE_LABELS[key][0] if key else '—'}; intervals are 95% bootstrap intervals; "
         f"rank ranges separate runs at alpha = {ALPHA} (paired bootstrap).",
     )
-    return Table("Leaderboard", tuple(columns), tuple(rows), notes)
+    return Table("Leaderboard", _leaderboard_columns(analysis, pct, cost_keys), tuple(rows), notes)
+
+
+def _leaderboard_columns(analysis: Analysis, pct: Mapping[str, bool], cost_keys: list[str]) -> tuple[Column, ...]:
+    key = analysis.ranking_key
+    columns: list[Column] = [Column("rank", "Rank", "info", description="rank range on " + (key or "—"))]
+    columns += INFO_COLUMNS
+    columns += [
+        Column(a, *AGGREGATE_LABELS[a][:1], "aggregate", True, AGGREGATE_LABELS[a][1], unit="%") for a in AGGREGATES
+    ]
+    columns.append(Column("win_rate", "Mean win rate", "aggregate", True, "HELM mean win rate over tasks", unit="%"))
+    columns += [
+        Column(f"domain:{d}", d, "domain", True, f"mean of {len(m)} task(s)", domain=d, unit="%")
+        for d, m in analysis.domains.items()
+    ]
+    columns += [
+        Column(
+            f"task:{t}",
+            m.display_name,
+            "task",
+            m.higher_is_better,
+            f"{m.name}: {m.primary_metric}",
+            domain=m.domain,
+            unit="%" if pct[t] else "",
+        )
+        for t, m in analysis.tasks.items()
+    ]
+    columns += [Column(ekey, label, "efficiency", hib) for ekey, label, hib, *_ in EFFICIENCY]
+    columns += [Column(f"cost:{k}", k, "cost", cost_direction(k), "from profile / run record") for k in cost_keys]
+    return tuple(columns)
 
 
 def _leaderboard_row(

@@ -18,10 +18,19 @@ from markupsafe import Markup, escape
 
 from cme_bench import __version__
 from cme_bench.report import svg
-from cme_bench.report.analysis import Analysis
-from cme_bench.report.build import AGGREGATE_LABELS, fmt_interval, fmt_score, percent_tasks, slug
+from cme_bench.report.analysis import Analysis, Score
+from cme_bench.report.build import (
+    AGGREGATE_LABELS,
+    fmt_count,
+    fmt_interval,
+    fmt_score,
+    fmt_seconds,
+    percent_tasks,
+    slug,
+)
+from cme_bench.report.files import write_text_replace
 from cme_bench.report.load import RunRecord, load_samples
-from cme_bench.report.stats import ALPHA, METHODS, pareto_front
+from cme_bench.report.stats import ALPHA, methods_text, pareto_front
 from cme_bench.report.table import Cell, Table
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -60,6 +69,7 @@ def table_rows(table: Table, root: str) -> Markup:
     # Per-column attributes are the same for every row: escape them once.
     col_attrs = [
         f' data-group="{escape(c.group)}" data-domain="{escape(c.domain or "")}" data-key="{escape(c.key)}"'
+        + (' data-sticky="1"' if c.key == "run" else "")  # the run name stays visible when scrolling sideways
         for c in table.columns
     ]
     root_e = escape(root)
@@ -112,9 +122,7 @@ class Site:
 
     def write(self, name: str, template: str, root: str = "", **context: Any) -> Path:
         path = self.out / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        html = self.env.get_template(template).render(**self.common, root=root, **context)
-        path.write_text(html, encoding="utf-8")
+        write_text_replace(path, self.env.get_template(template).render(**self.common, root=root, **context))
         return path
 
     def filters(self, table: Table) -> dict[str, list[str]]:
@@ -178,10 +186,12 @@ class Site:
         a = self.analysis
         with_samples = [r for r in a.ok_runs if a.scores[(r.run_id, task)].source == "samples"]
         sign = 1 if a.tasks[task].higher_is_better else -1
-        with_samples.sort(key=lambda r: (not r.is_base, -sign * (a.scores[(r.run_id, task)].value or 0.0)))
-        bases = [r for r in with_samples if r.is_base]
-        chosen = bases + [r for r in with_samples if not r.is_base][: max(0, self.max_sample_runs - len(bases))]
-        chosen.sort(key=lambda r: -sign * (a.scores[(r.run_id, task)].value or 0.0))
+        with_samples.sort(key=lambda r: -sign * (a.scores[(r.run_id, task)].value or 0.0))
+        # The best runs, plus the base-model rows the task page compares against (one per base model).
+        chosen = with_samples[: self.max_sample_runs]
+        shown = {r.run_id for r in chosen}
+        bases = {b.run_id for b in map(a.base_run, with_samples) if b is not None} - shown
+        chosen += [r for r in with_samples if r.run_id in bases]
         data = self.sample_data(task, chosen)
         return self.write(
             f"samples/{slug(task)}.html",
@@ -210,53 +220,7 @@ class Site:
         return {"task": task, "binary": binary, "doc_ids": doc_ids, "items": items, "runs": out_runs}
 
     def run_page(self, run: RunRecord) -> Path:
-        a = self.analysis
-        pct = self.percent
-        scores = []
-        for task in run.metrics:
-            s = a.scores.get((run.run_id, task))
-            meta = a.tasks.get(task)
-            p = pct.get(task, True)
-            scores.append(
-                {
-                    "name": meta.display_name if meta else task,
-                    "slug": slug(task),
-                    "domain": meta.domain if meta else "",
-                    "metric": run.metrics[task].metric,
-                    "value": fmt_score(s.value if s else run.metrics[task].value, p),
-                    "interval": fmt_interval(s.interval, p) if s else "",
-                    "stderr": fmt_score(s.stderr, p) if s else "—",
-                    "n": s.n if s and s.n is not None else "—",
-                    "has_samples": bool(s and s.source == "samples"),
-                }
-            )
-        training = run.section("training")
-        loss = training.get("loss_curve") or []
-        loss_svg = svg.line_chart(_pairs(loss), title="training loss", xlabel="step", ylabel="loss") if loss else None
-        load = training.get("expert_load") or {}
-        heat = None
-        if isinstance(load, Mapping) and load:
-            rows = [(str(k), v) for k, v in load.items() if isinstance(v, list)]
-            rows = [(k, [x for x in v if isinstance(x, (int, float))]) for k, v in rows]
-            heat = svg.heatmap(rows, title="expert load")
-        error = run.data.get("error")
-        error_text = str(error) if error else None
-        if isinstance(error, Mapping):
-            error_text = f"{error.get('type', '')}: {error.get('message', '')}\n\n{error.get('traceback', '')}"
-        sections = [
-            {"title": t, "text": json.dumps(run.data.get(k), indent=2, ensure_ascii=False, default=str)}
-            for t, k in (
-                ("Configuration", "config"),
-                ("Model", "model"),
-                ("Adapter", "adapter"),
-                ("Training", "training"),
-                ("Evaluation", "evaluation"),
-                ("Seeds", "seeds"),
-                ("Environment", "environment"),
-                ("Costs", "costs"),
-            )
-            if run.data.get(k) is not None and k != "evaluation"
-        ]
+        loss_svg, heatmap_svg = _run_charts(run)
         return self.write(
             f"runs/{slug(run.run_id)}.html",
             "run.html.j2",
@@ -265,60 +229,27 @@ class Site:
             run=run,
             data=run.data,
             record_path=str(run.path),
-            error=error_text,
-            scores=scores,
+            error=_error_text(run),
+            scores=_run_scores(self.analysis, self.percent, run),
             loss_svg=loss_svg,
-            heatmap_svg=heat,
-            sections=sections,
+            heatmap_svg=heatmap_svg,
+            sections=_run_sections(run),
         )
 
     def costs_page(self, table: Table) -> Path:
         a, key = self.analysis, self.analysis.ranking_key
-        runs = [
-            r
-            for r in a.ok_runs
-            if key
-            and a.aggregates.get((r.run_id, key)) is not None
-            and a.aggregates[(r.run_id, key)].value is not None
-        ]
+        runs = [r for r in a.ok_runs if key and a.aggregates.get((r.run_id, key), Score(None)).value is not None]
         scores = [a.aggregates[(r.run_id, key)].value for r in runs]
-        figures, fronts = {}, []
-        for name, section, field, label, log_x, unit in (
-            ("params_svg", "adapter", "trainable_parameters", "trainable parameters", True, ""),
-            ("time_svg", "training", "seconds", "training time (s)", False, " s"),
-        ):
-            costs = [_cost(r, section, field) for r in runs]
-            pts = [(c, s, r.name) for c, s, r in zip(costs, scores, runs)]
-            front = pareto_front(costs, scores)
-            figures[name] = svg.scatter(
-                pts,
-                front,
-                title=f"{self.ranking_label} vs {label}",
-                xlabel=label,
-                ylabel=f"{self.ranking_label} (%)",
-                log_x=log_x,
-            )
-            fronts.append(
-                {
-                    "title": label,
-                    "points": [
-                        {
-                            "name": runs[i].name,
-                            "slug": slug(runs[i].run_id),
-                            "score": fmt_score(scores[i], True),
-                            "cost": f"{costs[i]:.4g}{unit}",
-                        }
-                        for i in front
-                    ],
-                }
-            )
+        params_svg, params_front = _cost_figure(runs, scores, COST_AXES[0], self.ranking_label)
+        time_svg, time_front = _cost_figure(runs, scores, COST_AXES[1], self.ranking_label)
         return self.write(
             "costs.html",
             "costs.html.j2",
             title="Cost plot",
             ranking_label=self.ranking_label,
-            fronts=fronts,
-            **figures,
+            fronts=[params_front, time_front],
+            params_svg=params_svg,
+            time_svg=time_svg,
         )
 
     def methods_page(self) -> Path:
@@ -326,9 +257,76 @@ class Site:
             "methods.html",
             "methods.html.j2",
             title="Statistical methods",
-            methods_html=markdown_lite(METHODS),
+            methods_html=markdown_lite(methods_text(self.analysis.n_boot)),
             tasks=list(self.analysis.tasks.values()),
         )
+
+
+def _run_scores(a: Analysis, pct: Mapping[str, bool], run: RunRecord) -> list[dict[str, Any]]:
+    rows = []
+    for task, metric in run.metrics.items():
+        s, meta, p = a.scores.get((run.run_id, task)), a.tasks.get(task), pct.get(task, True)
+        rows.append(
+            {
+                "name": meta.display_name if meta else task,
+                "slug": slug(task),
+                "domain": meta.domain if meta else "",
+                "metric": metric.metric,
+                "value": fmt_score(s.value if s else metric.value, p),
+                "interval": fmt_interval(s.interval, p) if s else "",
+                "stderr": fmt_score(s.stderr, p) if s else "—",
+                "n": s.n if s and s.n is not None else "—",
+                "has_samples": bool(s and s.source == "samples"),
+            }
+        )
+    return rows
+
+
+def _run_charts(run: RunRecord) -> tuple[Markup | None, Markup | None]:
+    """Loss curve and, for routed adapters, the expert-load heatmap (None where the record has no data)."""
+    training = run.section("training")
+    loss = _pairs(training.get("loss_curve"))
+    loss_svg = svg.line_chart(loss, title="training loss", xlabel="step", ylabel="loss") if loss else None
+    load = training.get("expert_load")
+    if not isinstance(load, Mapping) or not load:
+        return loss_svg, None
+    rows = [(str(k), [x for x in v if isinstance(x, (int, float))]) for k, v in load.items() if isinstance(v, list)]
+    return loss_svg, svg.heatmap(rows, title="expert load")
+
+
+def _error_text(run: RunRecord) -> str | None:
+    error = run.data.get("error")
+    if isinstance(error, Mapping):
+        return f"{error.get('type', '')}: {error.get('message', '')}\n\n{error.get('traceback', '')}"
+    return str(error) if error else None
+
+
+RUN_SECTIONS = (
+    ("Configuration", "config"),
+    ("Model", "model"),
+    ("Adapter", "adapter"),
+    ("Training", "training"),
+    ("Evaluation", "evaluation"),
+    ("Seeds", "seeds"),
+    ("Environment", "environment"),
+    ("Costs", "costs"),
+)
+CHARTED = ("loss_curve", "expert_load")  # shown as charts, left out of the JSON dump
+EVALUATION_SUMMARY = ("backend", "batch_size", "limit", "seconds")  # lm-eval's own dump is too long to show
+
+
+def _run_sections(run: RunRecord) -> list[dict[str, str]]:
+    out = []
+    for title, key in RUN_SECTIONS:
+        value = run.data.get(key)
+        if value is None:
+            continue
+        if key == "training" and isinstance(value, Mapping):
+            value = {k: v for k, v in value.items() if k not in CHARTED}
+        if key == "evaluation" and isinstance(value, Mapping):
+            value = {k: v for k, v in value.items() if k in EVALUATION_SUMMARY}
+        out.append({"title": title, "text": json.dumps(value, indent=2, ensure_ascii=False, default=str)})
+    return out
 
 
 def _text(value: Any) -> str:
@@ -342,6 +340,34 @@ def _pairs(points: Any) -> list[tuple[float, float]]:
         if isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(v, (int, float)) for v in p):
             out.append((float(p[0]), float(p[1])))
     return out
+
+
+# (record section, field, axis label, log-scale x, unit) of each cost plot
+COST_AXES = (
+    ("adapter", "trainable_parameters", "trainable parameters", True, fmt_count),
+    ("training", "seconds", "training time (s)", False, fmt_seconds),
+)
+
+
+def _cost_figure(runs: list[RunRecord], scores: list[float], axis: tuple, ranking_label: str) -> tuple[Markup, dict]:
+    """One scatter plot (score vs a cost) with its Pareto front, and the front as a list for the page."""
+    section, field, label, log_x, fmt = axis
+    costs = [_cost(r, section, field) for r in runs]
+    front = pareto_front(costs, scores)
+    points = [(c, s, r.name) for c, s, r in zip(costs, scores, runs)]
+    figure = svg.scatter(
+        points, front, title=f"{ranking_label} vs {label}", xlabel=label, ylabel=f"{ranking_label} (%)", log_x=log_x
+    )
+    listed = [
+        {
+            "name": runs[i].name,
+            "slug": slug(runs[i].run_id),
+            "score": fmt_score(scores[i], True),
+            "cost": fmt(costs[i]),
+        }
+        for i in front
+    ]
+    return figure, {"title": label, "points": listed}
 
 
 def _cost(run: RunRecord, section: str, field: str) -> float:

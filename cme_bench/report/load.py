@@ -101,7 +101,7 @@ class RunRecord:
 
 
 def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return None
     return float(value)
 
@@ -195,7 +195,7 @@ def load_samples(run: RunRecord, task: str) -> list[dict[str, Any]]:
         score = item.get("score") if type(item) is dict else None
         if type(score) is int:
             score = float(score)
-        if type(score) is not float or score != score or type(item.get("doc_id")) not in (int, str):
+        if type(score) is not float or not math.isfinite(score) or type(item.get("doc_id")) not in (int, str):
             bad += 1
             continue
         item["score"] = score
@@ -212,13 +212,19 @@ def _loads_or_none(line: str) -> Any:
         return None  # counted as a bad line by the caller
 
 
-def load_profiles(results: Path) -> dict[tuple[str, str], dict[str, float]]:
-    """Cost rows from ``results/**/profile*.json`` keyed by (model, adapter); numeric fields only.
+# Numeric fields of a profile row that describe the variant rather than a cost.
+PROFILE_SHAPE_FIELDS = frozenset({"experts", "rank", "total_rank", "seed", "batch", "seq_len"})
 
-    Accepted shapes (kept loose on purpose, the profiler owns the format): a list of rows, or an object with a
-    ``rows`` list; each row has ``model`` and ``adapter`` (or ``method``/``preset``) plus numeric cost fields.
+
+def load_profiles(results: Path) -> dict[tuple[str, str], dict[str, float]]:
+    """Cost rows from ``results/**/profile*.json`` keyed by (model, adapter); top-level numeric fields only.
+
+    Accepted shapes (kept loose on purpose, the profiler of issue 8 owns the format): a list of rows, or an object
+    with a ``rows`` list. A row has ``model`` and ``adapter`` (its label) and optionally ``preset``/``method``; it is
+    found under its label, and under its preset or method where exactly one row has that preset or method (a preset
+    profiled in several forms or ranks is ambiguous, so only its labels match).
     """
-    rows: dict[tuple[str, str], dict[str, float]] = {}
+    rows: list[Mapping[str, Any]] = []
     for path in sorted(results.rglob("profile*.json")):
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -229,10 +235,15 @@ def load_profiles(results: Path) -> dict[tuple[str, str], dict[str, float]]:
         if not isinstance(items, list):
             log.warning("skipping profile file %s: no list of rows", path)
             continue
-        for row in items:
-            if not isinstance(row, Mapping) or "model" not in row:
-                continue
-            adapter = row.get("adapter") or row.get("preset") or row.get("method") or BASE_METHOD
-            costs = {str(k): float(v) for k, v in row.items() if _number(v) is not None}
-            rows.setdefault((str(row["model"]), str(adapter)), {}).update(costs)
-    return rows
+        rows += [r for r in items if isinstance(r, Mapping) and "model" in r]
+    keyed: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for row in rows:
+        names = {row.get("adapter"), row.get("preset"), row.get("method")} - {None, ""}
+        for name in names or {BASE_METHOD}:
+            keyed.setdefault((str(row["model"]), str(name)), []).append(row)
+    out: dict[tuple[str, str], dict[str, float]] = {}
+    for key, matches in keyed.items():
+        if len(matches) == 1 or all(m.get("adapter") == key[1] for m in matches):
+            costs = {str(k): float(v) for k, v in matches[-1].items() if _number(v) is not None}
+            out[key] = {k: v for k, v in costs.items() if k not in PROFILE_SHAPE_FIELDS}
+    return out

@@ -7,8 +7,6 @@ Outputs under ``out``: ``index.html`` plus ``tasks/``, ``domains/``, ``samples/`
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +14,7 @@ from pathlib import Path
 from cme_bench.report import stats
 from cme_bench.report.analysis import Analysis, analyse
 from cme_bench.report.build import domain_table, leaderboard_table, task_table
+from cme_bench.report.files import write_text_replace
 from cme_bench.report.load import load_profiles, load_runs
 from cme_bench.report.table import Table
 from cme_bench.report.taskmeta import TaskInfoFn, default_task_info
@@ -59,15 +58,6 @@ def build_report(
     )
 
 
-def _write_text(path: Path, text: str) -> None:
-    # Temporary file + rename: a reader (or a browser reload) never sees half a file.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
 def write_text_outputs(report: Report, out: Path) -> dict[str, Path]:
     from cme_bench.report.render_text import to_csv, to_json, to_latex, to_markdown
 
@@ -75,7 +65,10 @@ def write_text_outputs(report: Report, out: Path) -> dict[str, Path]:
     files = {
         "md": (
             out / "leaderboard.md",
-            "# cme-bench leaderboard\n\n" + to_markdown(board) + "\n## Statistical methods\n\n" + stats.METHODS,
+            "# cme-bench leaderboard\n\n"
+            + to_markdown(board)
+            + "\n## Statistical methods\n\n"
+            + stats.methods_text(report.analysis.n_boot),
         ),
         "csv": (out / "leaderboard.csv", to_csv(board)),
         "tex": (out / "leaderboard.tex", to_latex(board, caption="cme-bench leaderboard. " + " ".join(board.notes))),
@@ -92,13 +85,13 @@ def write_text_outputs(report: Report, out: Path) -> dict[str, Path]:
         ),
     }
     for path, text in files.values():
-        _write_text(path, text)
+        write_text_replace(path, text)
     return {k: v[0] for k, v in files.items()}
 
 
 def _json_extra(a: Analysis) -> Mapping[str, object]:
     return {
-        "methods": stats.METHODS,
+        "methods": stats.methods_text(a.n_boot),
         "ranking": a.ranking_key,
         "ranks": {rid: {"best": r.best, "worst": r.worst, "tie_group": r.group} for rid, r in a.ranks.items()},
         "tasks": {t: vars(m) for t, m in a.tasks.items()},

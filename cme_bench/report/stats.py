@@ -20,14 +20,14 @@ import numpy as np
 ALPHA = 0.05
 DEFAULT_BOOTSTRAP = 1000
 
-METHODS = f"""\
+_METHODS = """\
 **Per-task score** is the task's primary metric as recorded in `run.json` (`metrics[task].value`).
 
 **Standard error** is `s / sqrt(n)` over the per-sample scores (`s` the sample standard deviation, ddof = 1), the
 closed form lm-evaluation-harness uses for mean metrics; without a per-sample log the stderr recorded in `run.json`
 is shown.
 
-**95% intervals** are percentile bootstrap intervals (2.5th and 97.5th percentile of {DEFAULT_BOOTSTRAP} resamples of
+**95% intervals** are percentile bootstrap intervals (2.5th and 97.5th percentile of {n_boot} resamples of
 the items, seeded, so the report is reproducible). Without a per-sample log the interval is the normal approximation
 `value ± 1.96 · stderr`. One matrix of resampling counts is drawn per task and reused for every run (items pair up
 by `doc_id`), which makes every comparison below a *paired* bootstrap.
@@ -43,8 +43,9 @@ with the missing tasks in the tooltip). Intervals of averages come from the same
 
 **Paired tests.** Two runs on the same task are compared on their common items: McNemar's exact test (two-sided
 binomial test on the discordant pairs) when both are scored 0/1, otherwise a paired bootstrap
-(p = 2 · min(P(Δ ≤ 0), P(Δ ≥ 0)) over the shared replicates). Significance level α = {ALPHA}, not corrected for
-multiple comparisons: treat stars and rank ranges as descriptive.
+(p = 2 · min(P(Δ ≤ 0), P(Δ ≥ 0)) over the shared replicates). Significance level α = {alpha}, not corrected for
+multiple comparisons: treat stars and rank ranges as descriptive. The per-sample viewer tests any two runs you pick
+the same way in the browser (McNemar for 0/1 scores, else a paired z-test on the per-item differences).
 
 **Rank ranges and tie groups** on the ranking column (and per task on the task pages): run *i* is separable from
 *j* when `|Δ| > 1.96 · se(Δ)`, with `se(Δ)² = var_i + var_j − 2 cov_ij` estimated from the shared (paired) bootstrap
@@ -58,6 +59,14 @@ one of them strictly.
 
 Failed, running and cancelled runs are listed with their status and never enter averages, ranks or win rates.
 """
+
+
+def methods_text(n_boot: int = DEFAULT_BOOTSTRAP, alpha: float = ALPHA) -> str:
+    """The methods section of a report, with the parameters it actually used."""
+    return _METHODS.format(n_boot=n_boot, alpha=alpha)
+
+
+METHODS = methods_text()
 
 
 def seed_for(*parts: object) -> int:
@@ -88,8 +97,13 @@ def replicate_means(scores: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """
     scores = np.atleast_2d(np.asarray(scores, dtype=float))
     present = ~np.isnan(scores)
-    num = np.where(present, scores, 0.0) @ counts.T
-    den = present.astype(float) @ counts.T
+    # float32 products: ~2x faster than float64 and exact for 0/1 scores (sums stay far below 2**24); the result is
+    # float64 again so later arithmetic is not done in single precision.
+    c32 = counts.T.astype(np.float32)
+    if present.all():  # the common case (every run on every item): one product, no coverage correction
+        return (scores.astype(np.float32) @ c32).astype(float) / counts.sum(axis=1)[None, :]
+    num = (np.where(present, scores, 0.0).astype(np.float32) @ c32).astype(float)
+    den = (present.astype(np.float32) @ c32).astype(float)
     with np.errstate(invalid="ignore", divide="ignore"):
         return num / den
 
@@ -185,7 +199,8 @@ def significance_matrix(replicates: np.ndarray, values: np.ndarray, alpha: float
         return better
     idx = np.flatnonzero(usable)
     centred = reps[idx] - reps[idx].mean(axis=1, keepdims=True)
-    cov = centred @ centred.T / (reps.shape[1] - 1)
+    c32 = centred.astype(np.float32)  # float32 product: half the time, and plenty of precision for a z-test
+    cov = (c32 @ c32.T).astype(float) / (reps.shape[1] - 1)
     var = np.diag(cov)
     se = np.sqrt(np.maximum(var[:, None] + var[None, :] - 2 * cov, 0.0))
     diff = values[idx][:, None] - values[idx][None, :]

@@ -171,7 +171,8 @@ class AdapterLayerMixin:
 
     ``last_aux`` holds the unweighted auxiliary loss of the last forward (a tensor in the graph) and ``aux_weight``
     its configured weight; ``last_load`` the mean routing weight per expert of the last forward (normalised to sum 1,
-    detached); ``load_sum``/``load_count`` accumulate it until ``reset_load``; ``stats`` holds scalar diagnostics.
+    detached); ``load_sum``/``load_count`` accumulate it until ``reset_load``; ``stats`` holds scalar diagnostics as
+    0-d tensors (converted only when read, so a forward never waits for the device).
     """
 
     method: str = ""
@@ -182,7 +183,7 @@ class AdapterLayerMixin:
         self.last_load: torch.Tensor | None = None
         self.load_sum: torch.Tensor | None = None
         self.load_count = 0
-        self.stats: dict[str, float] = {}
+        self.stats: dict[str, torch.Tensor] = {}
 
     def record_load(self, weights: torch.Tensor) -> None:
         """Record routing weights ``[..., E]`` (already normalised so each token's weights sum to 1)."""

@@ -15,8 +15,9 @@ Storage: ``lora_B.weight`` is ``B_cat = [B_0 | ... | B_{k-1}]`` (d_out x r_A, co
 path needs no concatenation and the loop path uses column views. The authors' ``lora_B{i}`` / ``lora_route.fc`` /
 ``lora_interaction_matrix.weight`` keys are mapped by ``import_authors_state``.
 
-Deviation hooks, both off by default: ``normalizer_eps`` (a clamp on the normaliser's magnitude; the release has none)
-is labelled in ``adapter_info``; the normaliser's per-forward minimum is always logged in ``stats``.
+Deviation hook, off by default: ``normalizer_eps`` (a clamp on the normaliser's magnitude; the release has none),
+labelled in ``adapter_info``. The normaliser's per-forward minimum is always logged in ``stats``
+(read it with ``adapters.adapter_stats``).
 """
 
 from __future__ import annotations
@@ -81,7 +82,9 @@ class TeamLoraLayer(nn.Module, AdapterLayerMixin):
         phi = F.softmax(self.lora_route(x), dim=-1)
         adjusted = phi + phi @ self.lora_interaction_matrix  # einsum('bse,ef->bsf') in the release
         norm = adjusted.sum(dim=-1, keepdim=True)
-        self.stats["normalizer_min"] = float(norm.detach().min()) if norm.numel() else float("nan")
+        if norm.numel():
+            # Kept as a tensor: converting here would force a device sync in every layer of every forward.
+            self.stats["normalizer_min"] = norm.detach().min()
         if self.normalizer_eps is not None:
             # Labelled deviation: keep |norm| >= eps with its sign, so a drifting M' cannot divide by ~0.
             eps = float(self.normalizer_eps)
@@ -115,7 +118,7 @@ class TeamLoraLayer(nn.Module, AdapterLayerMixin):
         delta = self.delta_fused(xa, w) if self.fused else self.delta_reference(xa, w)
         self.last_aux = self.balance_loss(w)
         # L_bal never drops below (1 - 1/k)^2 because sum_i w_i = k; the excess is the load diagnostic.
-        self.stats["balance_excess"] = float(self.last_aux.detach()) - (1 - 1 / self.k) ** 2
+        self.stats["balance_excess"] = self.last_aux.detach() - (1 - 1 / self.k) ** 2
         self.record_load(w / self.k)
         return add_delta(result, delta)
 

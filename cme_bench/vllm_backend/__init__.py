@@ -46,8 +46,13 @@ __all__ = [
 
 
 def is_available() -> bool:
-    """Whether ``vllm`` can be imported here (checked without importing it)."""
-    return importlib.util.find_spec("vllm") is not None
+    """Whether the ``vllm`` package is installed here (checked without importing it).
+
+    A directory named ``vllm`` without ``__init__.py`` on ``sys.path`` (pytest puts ``tests/`` there, which holds
+    ``tests/vllm/``) is a namespace package to ``find_spec``; only a real package, with an origin file, counts.
+    """
+    spec = importlib.util.find_spec("vllm")
+    return spec is not None and spec.origin not in (None, "namespace")
 
 
 _checked = False

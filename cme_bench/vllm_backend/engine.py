@@ -17,11 +17,16 @@ from typing import Any
 
 from cme_bench.errors import CmeError
 from cme_bench.vllm_backend import require_vllm
+from cme_bench.vllm_backend.routed import BLOCK_METHODS
 from cme_bench.vllm_backend.serving import ServingPlan, lora_rank_limit
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_MODEL_LEN = 2048
+
+# In-process engines (the CPU default, see _env.py) share vLLM's process-global distributed state: closing one tears
+# down the state another still uses. So at most one lives at a time; sweeps run engines one after another.
+_live_in_process: list[Engine] = []
 
 
 def _ensure_plugin(plans: Sequence[ServingPlan]) -> None:
@@ -42,7 +47,9 @@ class Engine:
         plans: every plan this engine will serve; they must share ``engine_key`` (``plans_by_engine`` groups them).
             ``max_lora_rank`` is taken from the LoRA plans' ranks, rounded up to a rank vLLM accepts.
         dtype: ``"auto"`` keeps the checkpoint dtype (fp32 for our cached folders; parity needs the HF dtype).
-        enforce_eager: skip torch.compile (start-up is ~20 s shorter on CPU; decode speed differs little there).
+        enforce_eager: skip torch.compile and CUDA graphs. Default: eager on CPU (start-up is much shorter and LoRA
+            disables compilation there anyway) and for MixLoRA (its expert loop has data-dependent shapes); compiled
+            with CUDA graphs on a GPU otherwise.
         llm_kwargs: passed to ``vllm.LLM`` unchanged.
     """
 
@@ -53,7 +60,7 @@ class Engine:
         dtype: str = "auto",
         max_model_len: int | None = DEFAULT_MAX_MODEL_LEN,
         seed: int = 0,
-        enforce_eager: bool = True,
+        enforce_eager: bool | None = None,
         max_num_seqs: int | None = None,
         **llm_kwargs: Any,
     ) -> None:
@@ -68,6 +75,10 @@ class Engine:
 
         self.plans = list(plans)
         first = plans[0]
+        if enforce_eager is None:
+            from cme_bench.vllm_backend._env import cuda_available
+
+            enforce_eager = not cuda_available() or any(p.method in BLOCK_METHODS for p in plans)
         self.model_dir = first.model_dir
         kwargs: dict[str, Any] = {
             "model": str(first.model_dir),
@@ -81,7 +92,13 @@ class Engine:
             kwargs["max_num_seqs"] = max_num_seqs
         from cme_bench.vllm_backend._env import in_process
 
-        if in_process():
+        self._in_process = in_process()
+        if self._in_process:
+            if _live_in_process:
+                raise CmeError(
+                    "another in-process vLLM engine is still open in this process; close it first (Engine.close() or "
+                    "a `with` block), or set VLLM_ENABLE_V1_MULTIPROCESSING=1 to run engines in their own processes"
+                )
             kwargs["distributed_executor_backend"] = "uni"  # the worker in this process too (see _env.py)
         if first.hf_overrides:
             kwargs["hf_overrides"] = dict(first.hf_overrides)
@@ -94,6 +111,8 @@ class Engine:
         log.info("starting vLLM engine: %s", {k: v for k, v in kwargs.items() if k != "hf_overrides"})
         self.llm_kwargs = kwargs
         self.llm = LLM(**kwargs)
+        if self._in_process:
+            _live_in_process.append(self)
         self._lora_ids: dict[str, int] = {}
 
     # -- requests -----------------------------------------------------------------------------------------------
@@ -197,6 +216,8 @@ class Engine:
         if core is not None and hasattr(core, "shutdown"):
             core.shutdown()
         self.llm = None
+        if self in _live_in_process:
+            _live_in_process.remove(self)
 
     def __enter__(self) -> Engine:
         return self

@@ -26,13 +26,15 @@ from vllm.model_executor.models.llama import LlamaForCausalLM
 from cme_bench.errors import CmeError
 from cme_bench.vllm_backend.plugin import ROUTED_ARCHITECTURE
 from cme_bench.vllm_backend.routed import (
+    BLOCK_METHODS,
     LINEAR_METHODS,
+    MixLoraFFN,
     PackedDelta,
     RoutedDelta,
+    group_by_block,
     group_by_module,
     load_routed_adapter,
 )
-
 
 
 def _adapter_dtype(model_dtype: torch.dtype) -> torch.dtype:
@@ -41,7 +43,7 @@ def _adapter_dtype(model_dtype: torch.dtype) -> torch.dtype:
 
 
 class CmeRoutedLlamaForCausalLM(LlamaForCausalLM):
-    """Llama + a routed adapter (TeamLoRA, MoELoRA, LoRAMoE, HydraLoRA, SMoRA) loaded from a cme-bench folder."""
+    """Llama + a routed adapter (TeamLoRA, MoELoRA, LoRAMoE, HydraLoRA, SMoRA, MixLoRA) from a cme-bench folder."""
 
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "", **kwargs) -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix, **kwargs)
@@ -52,20 +54,40 @@ class CmeRoutedLlamaForCausalLM(LlamaForCausalLM):
         if get_tensor_model_parallel_world_size() != 1:
             raise CmeError("routed adapters are served with tensor_parallel_size=1 only")
         self.cme_adapter = load_routed_adapter(path)
-        if self.cme_adapter.method not in LINEAR_METHODS:
-            raise CmeError(
-                f"routed method {self.cme_adapter.method!r} is not served by vLLM yet "
-                f"(served: {', '.join(LINEAR_METHODS)}); use --backend hf"
-            )
         dtype = _adapter_dtype(vllm_config.model_config.dtype)
         # Shapes only: the file's tensor names tell which projections are targeted (metadata read, no data).
         from safetensors import safe_open
 
         with safe_open(str(self.cme_adapter.weights_file), framework="pt") as f:
             keys = {k: None for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
-        targeted = group_by_module(keys)  # type: ignore[arg-type]
-        self._cme_targets = set(targeted)
+        self.cme_deltas = nn.ModuleDict()
+        self._cme_slots: dict[tuple[int, str, str], RoutedDelta] = {}
+        self._cme_blocks: dict[int, MixLoraFFN] = {}
+        if self.cme_adapter.method in BLOCK_METHODS:
+            self._init_blocks(config, keys, dtype)
+        elif self.cme_adapter.method in LINEAR_METHODS:
+            self._init_linears(config, keys, dtype)
+        else:
+            raise CmeError(f"routed method {self.cme_adapter.method!r} is not served by vLLM; use --backend hf")
 
+    def _init_blocks(self, config, keys: dict, dtype: torch.dtype) -> None:
+        """MixLoRA: the FFN block's forward becomes gate_up -> expert mixture -> down (``MixLoraFFN``)."""
+        blocks = group_by_block(keys)  # type: ignore[arg-type]
+        for idx in range(self.model.start_layer, self.model.end_layer):
+            if idx not in blocks:
+                continue
+            mlp = self.model.layers[idx].mlp
+            ffn = MixLoraFFN(self.cme_adapter.params, config.hidden_size, config.intermediate_size, dtype)
+            self.cme_deltas[f"{idx}_mlp"] = ffn
+            self._cme_blocks[idx] = ffn
+            mlp.forward = _mixlora_forward(mlp, ffn)
+        if get_pp_group().world_size == 1 and set(self._cme_blocks) != set(blocks):
+            outside = sorted(set(blocks) - set(self._cme_blocks))
+            raise CmeError(f"adapter tensors for layers outside the model: {outside}")
+
+    def _init_linears(self, config, keys: dict, dtype: torch.dtype) -> None:
+        """Per-projection deltas, added by forward hooks on vLLM's (fused) linears."""
+        targeted = group_by_module(keys)  # type: ignore[arg-type]
         hidden = config.hidden_size
         inter = config.intermediate_size
         heads = config.num_attention_heads
@@ -83,8 +105,6 @@ class CmeRoutedLlamaForCausalLM(LlamaForCausalLM):
         stray = sorted({(p, n) for (_, p, n) in targeted} - known)
         if stray:
             raise CmeError(f"adapter targets {stray} that the vLLM Llama model has no hook for")
-        self.cme_deltas = nn.ModuleDict()
-        self._cme_slots: dict[tuple[int, str, str], RoutedDelta] = {}
         start, end = self.model.start_layer, self.model.end_layer
         params = self.cme_adapter.params
         for idx in range(start, end):
@@ -109,7 +129,23 @@ class CmeRoutedLlamaForCausalLM(LlamaForCausalLM):
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         loaded = super().load_weights(weights)
-        tensors = group_by_module(load_file(str(self.cme_adapter.weights_file)))
-        for key, delta in self._cme_slots.items():
-            delta.load(tensors[key])
+        raw = load_file(str(self.cme_adapter.weights_file))
+        if self._cme_blocks:
+            blocks = group_by_block(raw)
+            for idx, ffn in self._cme_blocks.items():
+                ffn.load(blocks[idx])
+        else:
+            tensors = group_by_module(raw)
+            for key, delta in self._cme_slots.items():
+                delta.load(tensors[key])
         return loaded
+
+
+def _mixlora_forward(mlp: nn.Module, ffn: MixLoraFFN):
+    """Replacement ``forward`` for vLLM's ``LlamaMLP`` (instance attribute: ``nn.Module.__call__`` uses it)."""
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        gate_up, _ = mlp.gate_up_proj(x)
+        return ffn(x, gate_up, lambda h: mlp.down_proj(h)[0])
+
+    return forward

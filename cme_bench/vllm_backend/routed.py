@@ -13,6 +13,8 @@ agrees token for token (dropout is off at inference):
 - ``moelora`` / ``loramoe`` (tuners/moelora.py): ``B_cat (repeat_interleave(softmax(W_r x), r) * s A_cat x)``.
 - ``hydralora`` (tuners/hydralora.py): ``B_cat ((w outer s A x).flatten())``, head-major.
 - ``smora`` (tuners/smora.py): ``s B (g(x) * A x)`` with sigmoid top-``activate_r`` gates plus the frozen biases.
+- ``mixlora`` (tuners/mixlora.py): a whole FFN block, ``down(sum_i g_i h_i) + sum_i g_i s B_down,i A_down,i h_i`` with
+  ``h_i = silu(gate + LoRA_gate,i) * (up + LoRA_up,i)`` over each token's top-k experts.
 
 Layout of the adapter file (``adapter_model.safetensors``, keys ``<module path>.<leaf>``) is the tuners' state dict;
 ``group_by_module`` splits it by module path. All routed math runs in the adapter dtype (fp32 for a bf16 base, as in
@@ -35,13 +37,16 @@ from torch import nn
 from cme_bench.errors import CmeError
 
 ROUTED_METHODS = ("teamlora", "moelora", "loramoe", "hydralora", "smora", "mixlora")
-# Methods whose per-linear delta is implemented here (MixLoRA mixes whole FFN blocks, see ``RoutedAdapter``).
+# Methods whose update is a per-linear delta (``RoutedDelta``); MixLoRA mixes whole FFN blocks (``MixLoraFFN``).
 LINEAR_METHODS = ("teamlora", "moelora", "loramoe", "hydralora", "smora")
+BLOCK_METHODS = ("mixlora",)
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 # ``...layers.<i>.<mlp|self_attn>.<name>_proj.<leaf>``: tolerant of any prefix (``model.``, ``base_model.model.``).
 _KEY = re.compile(r"(?:^|\.)layers\.(\d+)\.(mlp|self_attn)\.([A-Za-z0-9_]+)\.(lora_.+)$")
+# MixLoRA's tensors sit on the FFN block itself: ``...layers.<i>.mlp.lora_<proj>_<A|B>.<e>.weight``, ``lora_route``.
+_BLOCK_KEY = re.compile(r"(?:^|\.)layers\.(\d+)\.mlp\.(lora_.+)$")
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,21 @@ def group_by_module(tensors: Mapping[str, torch.Tensor]) -> dict[tuple[int, str,
     if unknown:
         shown = ", ".join(unknown[:5]) + (f" (+{len(unknown) - 5} more)" if len(unknown) > 5 else "")
         raise CmeError(f"adapter tensors outside decoder-layer projections cannot be served by vLLM: {shown}")
+    return out
+
+
+def group_by_block(tensors: Mapping[str, torch.Tensor]) -> dict[int, dict[str, torch.Tensor]]:
+    """``{layer: {"lora_gate_A.0.weight": t, ..., "lora_route.weight": t}}`` for FFN-block adapters (MixLoRA)."""
+    out: dict[int, dict[str, torch.Tensor]] = {}
+    unknown = []
+    for key, value in tensors.items():
+        m = _BLOCK_KEY.search(key)
+        if m is None:
+            unknown.append(key)
+            continue
+        out.setdefault(int(m.group(1)), {})[m.group(2)] = value
+    if unknown:
+        raise CmeError(f"adapter tensors outside decoder-layer FFN blocks cannot be served by vLLM: {unknown[:5]}")
     return out
 
 
@@ -258,3 +278,67 @@ class PackedDelta(nn.Module):
         if isinstance(output, tuple):
             return (self(args[0], output[0]), *output[1:])
         return self(args[0], output)
+
+
+class MixLoraFFN(nn.Module):
+    """MixLoRA's expert mixture for one gated FFN block, given the block's fused ``gate_up`` output.
+
+    ``forward(x, gate_up, down)`` returns the block output; ``down`` is the frozen down projection (a callable
+    returning the projected tensor). Mirrors ``tuners.mixlora.MixLoraBlock.forward`` step by step: the frozen down
+    projection is applied once to the gate-weighted sum of expert activations (exact by linearity). The expert loop
+    has data-dependent shapes, so engines serving MixLoRA run eagerly (``enforce_eager``, our default).
+    """
+
+    def __init__(self, params: Mapping[str, Any], hidden: int, inter: int, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.num_experts = int(params["num_experts"])
+        self.top_k = int(params["top_k"])
+        self.r = int(params["r"])
+        self.scaling = float(params["alpha"]) / self.r
+        self.hidden, self.inter = hidden, inter
+        e, r = self.num_experts, self.r
+        dims = {"gate": (hidden, inter), "up": (hidden, inter), "down": (inter, hidden)}
+        for proj, (d_in, d_out) in dims.items():
+            self.register_buffer(f"{proj}_A", torch.empty(e, r, d_in, dtype=dtype), persistent=False)
+            self.register_buffer(f"{proj}_B", torch.empty(e, d_out, r, dtype=dtype), persistent=False)
+        self.register_buffer("route", torch.empty(e, hidden, dtype=dtype), persistent=False)
+
+    @torch.no_grad()
+    def load(self, leaves: Mapping[str, torch.Tensor]) -> None:
+        for proj in ("gate", "up", "down"):
+            for side in ("A", "B"):
+                parts = [_leaf(leaves, f"lora_{proj}_{side}.{i}.weight") for i in range(self.num_experts)]
+                target = getattr(self, f"{proj}_{side}")
+                stacked = torch.stack(parts)
+                if stacked.shape != target.shape:
+                    raise CmeError(f"mixlora {proj}_{side}: shape {tuple(stacked.shape)} != {tuple(target.shape)}")
+                target.copy_(stacked)
+        route = _leaf(leaves, "lora_route.weight")
+        if route.shape != self.route.shape:
+            raise CmeError(f"mixlora router: shape {tuple(route.shape)} != {tuple(self.route.shape)}")
+        self.route.copy_(route)
+
+    def _lora(self, proj: str, e: int, x: torch.Tensor) -> torch.Tensor:
+        a, b = getattr(self, f"{proj}_A")[e], getattr(self, f"{proj}_B")[e]
+        return F.linear(F.linear(x, a), b) * self.scaling
+
+    def forward(self, x: torch.Tensor, gate_up: torch.Tensor, down) -> torch.Tensor:
+        xa = x.to(self.route.dtype)
+        probs = F.softmax(F.linear(xa, self.route).float(), dim=-1)
+        top_w, top_i = probs.topk(self.top_k, dim=-1)
+        top_w = top_w / top_w.sum(dim=-1, keepdim=True)
+        base_gate, base_up = gate_up[..., : self.inter], gate_up[..., self.inter :]
+        hidden_sum = torch.zeros_like(base_up)
+        delta = torch.zeros(x.shape[0], self.hidden, dtype=xa.dtype, device=x.device)
+        for e in range(self.num_experts):
+            rows, slot = (top_i == e).nonzero(as_tuple=True)
+            if rows.numel() == 0:
+                continue
+            xe = xa[rows]
+            gate = base_gate[rows] + self._lora("gate", e, xe).to(base_gate.dtype)
+            up = base_up[rows] + self._lora("up", e, xe).to(base_up.dtype)
+            h = F.silu(gate) * up
+            g = top_w[rows, slot].unsqueeze(-1)
+            hidden_sum = hidden_sum.index_add(0, rows, (g * h).to(hidden_sum.dtype))
+            delta = delta.index_add(0, rows, g.to(delta.dtype) * self._lora("down", e, h.to(xa.dtype)))
+        return down(hidden_sum) + delta.to(hidden_sum.dtype)

@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 # vLLM's LoRAConfig.max_lora_rank accepts only these values (vllm/config/lora.py, MaxLoRARanks).
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 CONVERTIBLE = ("moslora", "multilora")
+# Bases our routed model (a subclass of vLLM's Llama) can load: Llama layout, no attention biases.
+ROUTED_BASES = ("llama",)
 MERGE_ONLY = ("dora", "adalora")
 
 Kind = Literal["base", "lora", "merged", "routed"]
@@ -104,9 +106,22 @@ def plan(model_dir: str | Path, adapter_dir: str | Path | None) -> ServingPlan:
         return ServingPlan("base", model_dir)
     adapter_dir = Path(adapter_dir).resolve()
     cfg = read_adapter_config(adapter_dir)
+    if "peft_type" in cfg and cfg.get("lora_nums"):
+        # The TeamLoRA authors' checkpoint layout: re-saved once in ours (same tensors, keys renamed).
+        out = cache_dir() / "vllm" / "native" / f"teamlora-authors-{_digest(adapter_dir)}"
+        if not (out / ADAPTER_WEIGHTS).is_file():
+            _atomic_dir(out, lambda tmp: import_teamlora_authors(adapter_dir, cfg, tmp))
+        adapter_dir, cfg = out, read_adapter_config(out)
     method = adapter_method(cfg)
     if method in ROUTED_METHODS:
         from cme_bench.vllm_backend.plugin import ROUTED_ARCHITECTURE
+
+        model_type = _model_type(model_dir)
+        if model_type not in ROUTED_BASES:
+            raise CmeError(
+                f"routed adapters are served on vLLM for Llama-family bases (model_type {', '.join(ROUTED_BASES)}); "
+                f"{model_dir.name} is {model_type!r}: use --backend hf"
+            )
 
         overrides = {"architectures": [ROUTED_ARCHITECTURE], "cme_adapter": str(adapter_dir)}
         return ServingPlan("routed", model_dir, adapter_dir, method, hf_overrides=overrides)
@@ -126,6 +141,35 @@ def plan(model_dir: str | Path, adapter_dir: str | Path | None) -> ServingPlan:
             _atomic_dir(out, lambda tmp: merge_into_base(model_dir, adapter_dir, tmp))
         return ServingPlan("merged", out, adapter_dir, method, note=f"{method} merged into the base weights")
     raise CmeError(f"adapter method {method!r} has no vLLM serving path; use --backend hf")
+
+
+def _model_type(model_dir: Path) -> str | None:
+    try:
+        return json.loads((Path(model_dir) / "config.json").read_text()).get("model_type")
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def import_teamlora_authors(adapter_dir: Path, cfg: dict[str, Any], out: Path) -> None:
+    """Re-save a checkpoint in the TeamLoRA authors' layout in the cme-bench format (tensors unchanged)."""
+    from safetensors.torch import load_file, save_file
+
+    from cme_bench.tuners.teamlora import import_authors_state
+
+    k = int(cfg["lora_nums"])
+    state = import_authors_state(load_file(str(adapter_dir / ADAPTER_WEIGHTS)), k)
+    targets = cfg.get("target_modules") or []
+    native = {
+        "format": "cme-bench-adapter",
+        "format_version": 1,
+        "method": "teamlora",
+        "preset": "teamlora-authors",
+        "params": {"r_a": int(cfg["r"]), "num_experts": k, "alpha": cfg.get("lora_alpha") or 1, "dropout": 0.0},
+        "target_modules": [targets] if isinstance(targets, str) else list(targets),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({key: t.contiguous() for key, t in state.items()}, str(out / ADAPTER_WEIGHTS))
+    (out / ADAPTER_CONFIG).write_text(json.dumps(native, indent=2))
 
 
 def _digest_model(model_dir: Path) -> str:
@@ -230,15 +274,17 @@ def convert_to_lora(adapter_dir: Path, out: Path) -> None:
 
 
 def merge_into_base(model_dir: Path, adapter_dir: Path, out: Path) -> None:
-    """Merge a PEFT adapter (DoRA, AdaLoRA) into the base weights and save a full model folder."""
-    from peft import PeftConfig, PeftModel
+    """Merge a mergeable adapter (DoRA, AdaLoRA) into the base weights and save a full model folder.
+
+    Uses ``cme_bench.adapters`` (strict key check on load, PEFT's ``merge_and_unload``), so the merged weights are
+    exactly what the HF backend would evaluate.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    cfg = read_adapter_config(adapter_dir)
-    peft_fields = {k: v for k, v in cfg.items() if k != "cme_bench"}
-    config = PeftConfig.from_peft_type(**peft_fields)
+    from cme_bench.adapters import load_adapter, merge_adapter
+
     base = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto")
-    merged = PeftModel.from_pretrained(base, adapter_dir, config=config).merge_and_unload()
+    merged = merge_adapter(load_adapter(base, adapter_dir))
     merged.save_pretrained(out, safe_serialization=True)
     AutoTokenizer.from_pretrained(model_dir).save_pretrained(out)
     log.info("merged %s into %s -> %s", adapter_dir, model_dir, out)

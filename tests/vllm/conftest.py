@@ -6,13 +6,14 @@ the base model and every LoRA adapter, one per routed adapter.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import pytest
 
+from cme_bench.vllm_backend import is_available
+
 collect_ignore_glob: list[str] = []
-if importlib.util.find_spec("vllm") is None:
+if not is_available():
     # The main environment has no vLLM: collect nothing here (no import errors, no skips to count).
     collect_ignore_glob = ["test_*.py"]
 else:

@@ -30,7 +30,7 @@ def tiny_model(seed: int = 0):
     model, tok = build_tiny_llama(seed=seed, hidden_size=128, num_heads=2, head_dim=64, intermediate_size=256)
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(seed + 1)
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.dim() == 2:
                 p.normal_(0.0, 0.15)
     return model.float().eval(), tok

@@ -18,6 +18,41 @@
     td.appendChild(b);
     return td;
   }
+  // Exact two-sided McNemar p-value: 2 * P(X <= min(b, c)), X ~ Binomial(b + c, 1/2), summed in log space.
+  function mcnemar(x, y) {
+    var n = x + y, k = Math.min(x, y), tail = 0, logc = 0;
+    if (n === 0) return 1;
+    for (var i = 0; i <= k; i++) {
+      if (i > 0) logc += Math.log(n - i + 1) - Math.log(i);
+      tail += Math.exp(logc - n * Math.LN2);
+    }
+    return Math.min(1, 2 * tail);
+  }
+  // Continuous scores: paired z-test on per-item differences (normal approximation).
+  function pairedZ(diffs) {
+    var m = diffs.length; if (m < 2) return null;
+    var mean = diffs.reduce(function (s, d) { return s + d; }, 0) / m;
+    var v = diffs.reduce(function (s, d) { return s + (d - mean) * (d - mean); }, 0) / (m - 1);
+    if (v === 0) return { mean: mean, p: mean === 0 ? 1 : 0 };
+    var z = Math.abs(mean) / Math.sqrt(v / m);
+    // two-sided normal tail via the Abramowitz-Stegun erfc approximation (error < 1.5e-7)
+    var t = 1 / (1 + 0.3275911 * z / Math.SQRT2);
+    var erfc = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429)))) * Math.exp(-z * z / 2);
+    return { mean: mean, p: erfc };
+  }
+  function pairedTest(a, b) {
+    var diffs = [], x = 0, y = 0;
+    data.doc_ids.forEach(function (d) {
+      var pa = a.preds[d], pb = b.preds[d];
+      if (!pa || !pb) return;
+      diffs.push(pa[1] - pb[1]);
+      if (correct(pa[1]) && !correct(pb[1])) x++;
+      if (correct(pb[1]) && !correct(pa[1])) y++;
+    });
+    if (data.binary) return "McNemar exact p = " + mcnemar(x, y).toPrecision(3) + " on " + diffs.length + " paired items.";
+    var r = pairedZ(diffs);
+    return r ? "Mean difference A − B = " + r.mean.toPrecision(3) + ", paired z-test p = " + r.p.toPrecision(3) + "." : "";
+  }
   function render() {
     var a = data.runs[+selA.value], b = selB.value === "" ? null : data.runs[+selB.value];
     var head = document.getElementById("samples-head"); head.textContent = "";
@@ -52,7 +87,10 @@
       body.appendChild(tr);
     });
     var summary = n + " matching item(s).";
-    if (b) summary += " Paired items: both correct " + counts.both + ", only A " + counts.onlyA + ", only B " + counts.onlyB + ", neither " + counts.neither + ".";
+    if (b) {
+      summary += " Paired items: both correct " + counts.both + ", only A " + counts.onlyA + ", only B " + counts.onlyB + ", neither " + counts.neither + ".";
+      summary += " " + pairedTest(a, b);
+    }
     document.getElementById("summary").textContent = summary;
     document.getElementById("limit-note").textContent = n > LIMIT ? "Showing the first " + LIMIT + "; narrow the filter to see more." : "";
   }

@@ -1,30 +1,19 @@
-"""Greedy parity: vLLM (our backend) == HF ``generate`` token for token, for the base model, ``lora`` (vLLM's LoRA
-support, by request on the shared base engine) and ``teamlora`` (our out-of-tree routed model, fused form)."""
+"""Base model and ``lora`` through one shared engine (vLLM's LoRA support, adapter by request): greedy tokens equal
+HF ``generate``, and lm-eval gives the same per-document generations and scores as the HF backend.
+
+Routed adapters are in test_vllm_routed.py: in-process engines run one at a time, and this module's shared engine is
+closed when the module ends."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
-
 from vllm_helpers import PROMPTS, hf_greedy, hf_model, make_adapter, save_base
 
 pytestmark = pytest.mark.vllm
 
 MAX_TOKENS = 24
-ROUTED = {
-    "teamlora": {"r_a": 16, "num_experts": 4, "alpha": 16, "dropout": 0.0},
-}
-# The other routed methods share the wiring checked with TeamLoRA and their math is checked against the training
-# layers in tests/test_vllm_backend.py; an engine each costs ~30 s, so they run end to end only on request.
-if os.environ.get("CME_VLLM_ALL_ROUTED") == "1":
-    ROUTED |= {
-        "moelora": {"r": 4, "num_experts": 4, "alpha": 8, "dropout": 0.0},
-        "loramoe": {"r": 4, "num_experts": 4, "alpha": 8, "dropout": 0.0},
-        "hydralora": {"r": 8, "num_experts": 3, "alpha": 8, "dropout": 0.0},
-        "smora": {"r": 16, "activate_r": 4, "alpha": 8, "dropout": 0.0},
-    }
 LORA_PARAMS = {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "v_proj", "gate_proj", "down_proj"]}
 
 
@@ -71,21 +60,6 @@ def test_lora_matches_hf(shared_engine, base_dir: Path, lora_dir: Path, tokenize
     assert got != engine.generate_ids(PROMPTS, MAX_TOKENS, base_plan, ignore_eos=True)
 
 
-@pytest.mark.parametrize("method", sorted(ROUTED))
-def test_routed_matches_hf(method: str, base_dir: Path, tokenizer) -> None:
-    from cme_bench import vllm_backend
-
-    adapter = make_adapter(base_dir, base_dir.parent / method, method, ROUTED[method], seed=1)
-    plan = vllm_backend.plan(base_dir, adapter)
-    assert plan.kind == "routed"
-    with vllm_backend.start_engine([plan], dtype="float32", max_model_len=256) as engine:
-        got = engine.generate_ids(PROMPTS, MAX_TOKENS, plan, ignore_eos=True)
-    want = hf_greedy(hf_model(base_dir, adapter), tokenizer, PROMPTS, MAX_TOKENS)
-    base = hf_greedy(hf_model(base_dir, None), tokenizer, PROMPTS, MAX_TOKENS)
-    assert want != base, "the adapter does not change the output: the parity check would be vacuous"
-    assert got == want
-
-
 SCORE_TASKS = ["cme_mini_sst2", "cme_mini_boolq"]
 SCORE_LIMIT = 6
 
@@ -98,13 +72,25 @@ def _hf_lm_eval(model, tokenizer, tasks: list[str]) -> dict:
 
     # batch_size 1: no padding, so HF's numerics are the per-prompt ones vLLM reproduces.
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=1, max_length=1024)
-    return lm_eval.simple_evaluate(model=lm, tasks=tasks, limit=SCORE_LIMIT, log_samples=True, task_manager=task_manager())
+    return lm_eval.simple_evaluate(
+        model=lm, tasks=tasks, limit=SCORE_LIMIT, log_samples=True, task_manager=task_manager()
+    )
 
 
 def _text(resps: list) -> list[str]:
-    # The tiny model emits random bytes. vLLM's incremental detokenizer holds back an incomplete UTF-8 sequence at
-    # the end of a generation, HF's decode renders it as U+FFFD: the same token ids, different trailing text.
-    return [r.rstrip("\ufffd") for group in resps for r in group]
+    """Text normalised for two detokenizer differences on the tiny model's random output (same token ids):
+
+    - vLLM's incremental detokenizer holds back an incomplete UTF-8 sequence at the end, HF renders it as U+FFFD;
+    - the byte tokenizer's ``<pad>``/``<s>`` are special to transformers (HF skips them) but not marked special in
+      its tokenizer.json, so the tokenizers library (vLLM's detokenizer) prints them.
+    """
+    out = []
+    for group in resps:
+        for r in group:
+            for special in ("<pad>", "<s>"):
+                r = r.replace(special, "")
+            out.append(r.rstrip("\ufffd"))
+    return out
 
 
 @pytest.mark.parametrize("which", ["base", "lora"])
