@@ -60,12 +60,13 @@ def make_adapters(model_dir: Path, out: Path, methods: list[str]) -> dict[str, P
         base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
         preset = load_preset(name)
         preset.params["dropout"] = 0.0
+        info = architecture_info(base)  # before injection: the fingerprint covers the weights
         model = apply_adapter(base, preset, seed=0)
         with torch.no_grad():
             for key, t in model.state_dict().items():
                 if "lora_" in key and t.is_floating_point() and "interaction" not in key:
                     t.normal_(0.0, 0.02)
-        made[name] = save_adapter(model, out / name, base_info=architecture_info(base))
+        made[name] = save_adapter(model, out / name, base_info=info)
     return made
 
 
@@ -124,7 +125,11 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m", help="model folder or built-in name (default %(default)s)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--methods", default="base,lora,teamlora")
+    parser.add_argument(
+        "--methods",
+        default="base,lora,teamlora",
+        help="comma-separated; 'lora-merged' = the lora adapter served merged into the base (lora_serving='merged')",
+    )
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--compile", action="store_true", help="let vLLM use torch.compile (slower start-up)")
     parser.add_argument("--out", type=Path, default=None, help="write the JSON record here")
@@ -142,8 +147,13 @@ def main() -> None:
     engine_kw = dict(dtype=args.dtype, max_model_len=512, enforce_eager=not args.compile, max_num_seqs=args.batch)
     rows: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="cme-vllm-bench-") as tmp:
-        adapters = make_adapters(model_dir, Path(tmp), [m for m in methods if m != "base"])
-        plans = {m: vllm_backend.plan(model_dir, adapters.get(m)) for m in methods}
+        presets = sorted({m.removesuffix("-merged") for m in methods if m != "base"})
+        made = make_adapters(model_dir, Path(tmp), presets)
+        adapters = {m: made[m.removesuffix("-merged")] for m in methods if m != "base"}
+        plans = {}
+        for m in methods:
+            serving = "merged" if m.endswith("-merged") else "request"
+            plans[m] = vllm_backend.plan(model_dir, adapters.get(m), lora_serving=serving)
         from cme_bench.vllm_backend.engine import plans_by_engine
 
         # HF first: an in-process vLLM engine changes process-wide CPU settings (threads, memory binding).

@@ -53,6 +53,8 @@ from cme_bench.tuners.paper import PAPER_SHARES, paper_base_config
 log = logging.getLogger(__name__)
 
 PRESET_KEYS = {"method", "description", "params", "training", "notes"}
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Presets
 
@@ -445,18 +447,25 @@ def load_adapter(base_model: nn.Module, adapter_dir: str | Path) -> nn.Module:
     folder, config, weights = read_adapter_config(adapter_dir)
     layout = detect_layout(config)
     state = load_file(str(weights))
+    if layout == "peft":
+        return _load_peft(base_model, folder, config, state)
     if layout == "cme-bench":
         check_base(config.get("base_model"), base_model)
         preset = AdapterPreset(config["preset"], config["method"], config["params"], None, "")
         model = _apply_saved(base_model, preset, config["target_modules"])
-    elif layout == "teamlora-authors":
-        model = _apply_authors(base_model, config)
-        from cme_bench.tuners.teamlora import import_authors_state
-
-        state = import_authors_state(state, int(config["lora_nums"]))
     else:
-        return _load_peft(base_model, folder, config, state)
-    load_adapter_state(model, state)
+        model = _apply_authors(base_model, config)
+    try:
+        if layout == "teamlora-authors":
+            from cme_bench.tuners.teamlora import import_authors_state
+
+            state = import_authors_state(state, int(config["lora_nums"]))
+        load_adapter_state(model, state)
+    except CmeError:
+        # Do not hand the caller back a base model carrying a half-loaded adapter.
+        _unwrap_native(model)
+        model._cme_adapter = None
+        raise
     return model
 
 
@@ -511,7 +520,11 @@ def _load_peft(base_model: nn.Module, folder: Path, config: dict[str, Any], stat
         "targets": targets,
         "total_steps": getattr(peft_config, "total_step", None),
     }
-    load_adapter_state(model, state)
+    try:
+        load_adapter_state(model, state)
+    except CmeError:
+        model.unload()  # restores the base model's own modules
+        raise
     return model
 
 
@@ -542,12 +555,17 @@ def merge_adapter(model: nn.Module) -> nn.Module:
 
 
 def _merge_native(model: nn.Module) -> nn.Module:
+    with torch.no_grad():
+        for _, layer in adapter_layers(model):
+            layer.base_layer.weight += layer.delta_weight().to(layer.base_layer.weight.dtype)
+    return _unwrap_native(model)
+
+
+def _unwrap_native(model: nn.Module) -> nn.Module:
+    """Put every wrapped base module back in place of its adapter layer (base parameters stay frozen)."""
     for path, layer in adapter_layers(model):
-        base = layer.base_layer
-        with torch.no_grad():
-            base.weight += layer.delta_weight().to(base.weight.dtype)
         parent_path, _, child = path.rpartition(".")
-        setattr(model.get_submodule(parent_path) if parent_path else model, child, base)
+        setattr(model.get_submodule(parent_path) if parent_path else model, child, layer.base_layer)
     return model
 
 

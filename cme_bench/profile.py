@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import gc
 import json
 import logging
 import os
@@ -359,14 +360,35 @@ def time_training(trainers: dict[str, Trainer], warmup: int, repeats: int) -> di
 
 def time_inference(
     models: dict[str, nn.Module], prompt: torch.Tensor, settings: ProfileSettings, pad_id: int | None
-) -> dict[str, dict[str, float]]:
+) -> dict[str, list[tuple[float, float]]]:
+    """(prefill s, decode s per token) of each timed generation, per label, interleaved like ``time_training``."""
     labels = list(models)
     for label in _rotations(labels, settings.warmup):
         time_generation(models[label], prompt, settings.new_tokens, pad_id)
     runs: dict[str, list[tuple[float, float]]] = {label: [] for label in labels}
     for label in _rotations(labels, settings.infer_repeats, "generations"):
         runs[label].append(time_generation(models[label], prompt, settings.new_tokens, pad_id))
-    return {k: _inference_figures([r[0] for r in v], [r[1] for r in v]) for k, v in runs.items()}
+    return runs
+
+
+def timing_groups(variants: Sequence[Variant], rank: int) -> list[list[Variant]]:
+    """Variants timed together: one group per k (its routed variants, the LoRA of the same total rank and the
+    LoRA at rank ``rank``, which every group repeats and pools), or one group when nothing is routed.
+
+    Why groups: all members of a group live at once with their optimiser state, and at k = 8 on a small model
+    that state is large (a third of the base per variant); interleaving is only needed among rows compared.
+    """
+    ks = sorted({v.experts for v in variants if v.experts is not None})
+    if not ks:
+        return [list(variants)]
+    groups = []
+    for k in ks:
+        groups.append(
+            [v for v in variants if v.experts == k or (v.experts is None and v.total_rank in (rank, k * rank))]
+        )
+    placed = {v.label for g in groups for v in g}
+    groups[0] += [v for v in variants if v.label not in placed]
+    return groups
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -390,16 +412,28 @@ def run_profile(
     vocab = model.get_input_embeddings().weight.shape[0]
     tokens = random_tokens(vocab, settings.batch, settings.seq_len, settings.seed, device)
     prompt = random_tokens(vocab, settings.batch, settings.prompt_len, settings.seed + 1, device)
-    adapted = {v.label: build(model, v, settings.seed) for v in variants}
-    train = time_training({k: Trainer(m, tokens) for k, m in adapted.items()}, settings.warmup, settings.repeats)
-    infer = time_inference(adapted, prompt, settings, _pad_id(loaded.tokenizer))
+    train: dict[str, list[float]] = {v.label: [] for v in variants}
+    infer: dict[str, list[tuple[float, float]]] = {v.label: [] for v in variants}
+    counts: dict[str, tuple[int, int]] = {}
+    for i, group in enumerate(timing_groups(variants, rank)):
+        log.info("timing group %d: %s", i + 1, ", ".join(v.label for v in group))
+        adapted = {v.label: build(model, v, settings.seed) for v in group}
+        counts |= {k: count_parameters(m) for k, m in adapted.items()}
+        trainers = {k: Trainer(m, tokens) for k, m in adapted.items()}
+        for k, times in time_training(trainers, settings.warmup, settings.repeats).items():
+            train[k] += times
+        del trainers  # free this group's optimiser state before the next group is built
+        for k, runs in time_inference(adapted, prompt, settings, _pad_id(loaded.tokenizer)).items():
+            infer[k] += runs
+        del adapted
+        gc.collect()
     rows = []
     for i, v in enumerate(variants):
         if settings.memory:
             log.info("peak memory of %s in a child process (%d of %d)", v.label, i + 1, len(variants))
         peak = measure_peak_memory(loaded.spec, v, settings, str(device)) if settings.memory else None
-        trainable, base = count_parameters(adapted[v.label])
-        rows.append(_row(loaded.name, v, settings, train[v.label], infer[v.label], peak, trainable, base))
+        figures = _inference_figures([r[0] for r in infer[v.label]], [r[1] for r in infer[v.label]])
+        rows.append(_row(loaded.name, v, settings, train[v.label], figures, peak, *counts[v.label]))
     ratios = ratio_table(rows, rank)
     return {
         "schema": SCHEMA,

@@ -153,6 +153,20 @@ def _evaluate(cfg: RunConfig, record: RunRecord, model, tokenizer, tasks: list[s
     }
 
 
+def _costs(result, model, tokenizer) -> dict[str, Any]:
+    """The cost figures this run observed: training throughput and HF generation latency (batch 1, 64+16 tokens)."""
+    from cme_bench.profile import measure_inference
+
+    seconds_per_step = result.seconds / max(1, result.steps - result.resumed_from)
+    inference = measure_inference(model, tokenizer, batch=1, prompt_len=64, new_tokens=16, repeats=3)
+    return {
+        "train_step_ms": round(1000 * seconds_per_step, 2),
+        "train_tokens_per_second": result.tokens_per_second,
+        "peak_memory_bytes": result.peak_memory_bytes,
+        **{k: inference[k] for k in ("prefill_ms", "decode_ms_per_token") if k in inference},
+    }
+
+
 def _finish(record: RunRecord, status: str, exc: BaseException | None = None) -> None:
     record.update(status=status, error=results.error_info(exc) if exc else None, finished_at=results.now())
 
@@ -217,6 +231,7 @@ def run(cfg: RunConfig, *, do_eval: bool = True) -> dict[str, Any]:
         shutil.rmtree(record.dir / "checkpoints", ignore_errors=True)  # the saved adapter supersedes them
         record.update(training={**result.to_dict(), "expert_load": adapters.expert_load(model)})
         check_adapter_applied(base_logits, model, loaded.tokenizer)
+        record.update(costs=_costs(result, model, loaded.tokenizer))
         if do_eval:
             _evaluate(cfg, record, model, loaded.tokenizer, tasks, adapter_dir)
 

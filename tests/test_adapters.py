@@ -27,6 +27,15 @@ PRESETS = [p.name for p in adapters.list_presets()]
 IDS = torch.tensor([[5, 17, 42, 99, 3, 8], [1, 2, 3, 4, 5, 6]])
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy machine each op would wait for a second core."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def tiny(seed: int = 0, **kw):
     return build_tiny_llama(seed=seed, **kw)[0]
 
@@ -146,11 +155,14 @@ def _edit_weights(folder, edit):
     save_file(tensors, str(folder / "adapter_model.safetensors"))
 
 
-def test_missing_key_is_refused(saved_teamlora):
+def test_missing_key_is_refused_and_the_base_is_left_clean(saved_teamlora):
     key = "model.layers.1.mlp.down_proj.lora_B.weight"
     _edit_weights(saved_teamlora, lambda t: t.pop(key))
+    base = tiny()
     with pytest.raises(CmeError, match=r"missing keys \(1\): model.layers.1.mlp.down_proj.lora_B.weight"):
-        adapters.load_adapter(tiny(), saved_teamlora)
+        adapters.load_adapter(base, saved_teamlora)
+    assert not adapters.adapter_layers(base) and base._cme_adapter is None
+    assert torch.equal(base(IDS).logits, tiny()(IDS).logits)
 
 
 def test_unexpected_key_is_refused(saved_teamlora):
@@ -180,8 +192,10 @@ def test_peft_adapter_with_wrong_rank_is_refused(tmp_path):
     config = json.loads(config_path.read_text())
     config["r"] = 16
     config_path.write_text(json.dumps(config))
+    base = tiny()
     with pytest.raises(CmeError, match="wrong shapes"):
-        adapters.load_adapter(tiny(), tmp_path / "ad")
+        adapters.load_adapter(base, tmp_path / "ad")
+    assert not any("lora_" in n for n, _ in base.named_parameters())  # PEFT's layers were removed again
 
 
 def test_pickled_weights_are_never_loaded(tmp_path):

@@ -15,7 +15,14 @@ from cme_bench.tuners.moelora import METHOD as MOELORA
 from cme_bench.tuners.moelora import MoeLoraLayer
 from cme_bench.tuners.teamlora import METHOD, TeamLoraLayer
 
-torch.set_default_dtype(torch.float32)
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy machine each op would wait for a second core."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def team_layer(d_in=16, d_out=24, k=4, r_b=8, alpha=16.0, dropout=0.0, forward="fused", **extra) -> TeamLoraLayer:

@@ -25,6 +25,15 @@ EXPECTED_METHODS = {"lora", "dora", "adalora", "moslora", "multilora", "moelora"
 EXPECTED_METHODS |= {"smora", "teamlora"}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy machine each op would wait for a second core."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def build(cls, method: str, base: nn.Module, **params):
     return cls(base, get_method(method).validate({"dropout": 0.0, **params}))
 

@@ -28,6 +28,7 @@ ROUTED = {
 
 def _adapted(method: str, params: dict, tmp_path: Path, seed: int = 0):
     base, tok = build_tiny_llama(seed=0)
+    info = architecture_info(base)  # before injection: the fingerprint covers the weights
     model = apply_adapter(base, preset_from_dict({"method": method, "params": params}, name=method), seed=seed)
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(seed + 3)
@@ -36,7 +37,7 @@ def _adapted(method: str, params: dict, tmp_path: Path, seed: int = 0):
                 t.normal_(0.0, 0.3)
             elif "biases" in name:
                 t.uniform_(-0.05, 0.05)  # a trained SMoRA carries non-zero biases: they must be served too
-    out = save_adapter(model, tmp_path / method, base_info=architecture_info(base))
+    out = save_adapter(model, tmp_path / method, base_info=info)
     return model.eval(), tok, out
 
 
@@ -150,7 +151,17 @@ def test_missing_vllm_names_the_install_command(monkeypatch: pytest.MonkeyPatch)
         vb.require_vllm()
 
 
-def test_dora_is_served_merged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("method", "params", "lora_serving"),
+    [
+        ("dora", {"r": 4, "alpha": 8, "dropout": 0.0}, "request"),  # vLLM rejects DoRA: always merged
+        ("lora", {"r": 4, "alpha": 8, "dropout": 0.0}, "merged"),
+        ("moslora", {"r": 4, "alpha": 8, "dropout": 0.0}, "merged"),
+    ],
+)
+def test_merged_serving_reproduces_the_adapter(
+    method: str, params: dict, lora_serving: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from transformers import AutoModelForCausalLM
 
     from cme_bench.models import save_model_folder
@@ -159,14 +170,14 @@ def test_dora_is_served_merged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("CME_BENCH_CACHE", str(tmp_path / "cache"))
     base, tok = build_tiny_llama(seed=0)
     base_dir = save_model_folder(base, tok, tmp_path / "base")
-    model, _, folder = _adapted("dora", {"r": 4, "alpha": 8, "dropout": 0.0}, tmp_path)
-    p = plan(base_dir, folder)
+    model, _, folder = _adapted(method, params, tmp_path)
+    p = plan(base_dir, folder, lora_serving=lora_serving)
     assert p.kind == "merged" and p.model_dir != base_dir.resolve()
     merged = AutoModelForCausalLM.from_pretrained(p.model_dir, dtype=torch.float32).eval()
     ids = torch.randint(3, 200, (2, 10), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(merged(ids).logits, model(ids).logits, rtol=1e-4, atol=1e-4)
-    assert plan(base_dir, folder).model_dir == p.model_dir  # cached, not merged again
+    assert plan(base_dir, folder, lora_serving=lora_serving).model_dir == p.model_dir  # cached, not merged again
 
 
 def test_routed_needs_a_llama_base(tmp_path: Path) -> None:
@@ -181,3 +192,54 @@ def test_routed_needs_a_llama_base(tmp_path: Path) -> None:
     (qwen / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
     with pytest.raises(CmeError, match="Llama-family"):
         plan(qwen, folder)
+
+
+def test_teamlora_authors_layout_is_served_routed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint in the TeamLoRA release's layout is re-saved in ours and served by the routed model."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from cme_bench.vllm_backend.routed import RoutedDelta, group_by_module, load_routed_adapter
+    from cme_bench.vllm_backend.serving import plan
+
+    monkeypatch.setenv("CME_BENCH_CACHE", str(tmp_path / "cache"))
+    k, r_a, d, inter = 2, 4, 64, 128
+    g = torch.Generator().manual_seed(0)
+    state = {}
+    for layer in range(2):
+        for proj, (d_in, d_out) in {"gate_proj": (d, inter), "down_proj": (inter, d)}.items():
+            prefix = f"base_model.model.model.layers.{layer}.mlp.{proj}"
+            state[f"{prefix}.lora_A.weight"] = torch.randn(r_a, d_in, generator=g)
+            for i in range(k):
+                state[f"{prefix}.lora_B{i}.weight"] = torch.randn(d_out, r_a // k, generator=g)
+            state[f"{prefix}.lora_route.fc.weight"] = torch.randn(k, d_in, generator=g)
+            state[f"{prefix}.lora_interaction_matrix.weight"] = torch.rand(k, k, generator=g).fill_diagonal_(0) * 0.1
+    authors = tmp_path / "authors"
+    authors.mkdir()
+    save_file(state, str(authors / "adapter_model.safetensors"))
+    config = {
+        "peft_type": "LORA",
+        "r": r_a,
+        "lora_nums": k,
+        "lora_alpha": 8,
+        "target_modules": ["gate_proj", "down_proj"],
+    }
+    (authors / "adapter_config.json").write_text(json.dumps(config))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+
+    p = plan(tmp_path, authors)
+    assert p.kind == "routed" and p.method == "teamlora"
+    adapter = load_routed_adapter(p.adapter_dir)
+    groups = group_by_module(load_file(str(adapter.weights_file)))
+    assert len(groups) == 4
+    leaves = groups[(0, "mlp", "gate_proj")]
+    delta = RoutedDelta("teamlora", adapter.params, d, inter, torch.float32)
+    delta.load(leaves)
+    # The HF layer built by cme_bench.adapters from the same authors' folder gives the same update.
+    base, _ = build_tiny_llama(seed=0)
+    model = load_adapter(base, authors).eval()
+    layer = model.get_submodule("model.layers.0.mlp.gate_proj")
+    x = torch.randn(3, d, generator=g)
+    with torch.no_grad():
+        torch.testing.assert_close(layer.base_layer(x) + delta(x), layer(x), rtol=1e-4, atol=1e-4)

@@ -6,6 +6,8 @@ Public API (used by ``cme_bench.evaluate`` / ``runner`` when ``--backend vllm``)
     require_vllm() -> None                      # CmeError with the install command when vLLM is missing
     evaluate(model_dir, adapter_dir, tasks, *, limit=None, batch_size="auto", include_path=None) -> dict
     evaluate_many(model_dir, adapter_dirs, tasks, ...) -> dict[adapter_dir | None, dict]   # base loaded once
+    evaluate_run(model_spec, adapter_dir, tasks, *, limit, batch_size, include_path, seed, on_task_done)
+        -> cme_bench.evaluate.EvalOutput          # the runner's --backend vllm path (same contract as HF's)
     generate(model_dir, adapter_dir, prompts, max_tokens=64) -> list[str]
     plan(model_dir, adapter_dir) -> ServingPlan; start_engine(plans, ...) -> Engine   # sweeps, benchmarks
 
@@ -37,6 +39,7 @@ __all__ = [
     "INSTALL_HINT",
     "evaluate",
     "evaluate_many",
+    "evaluate_run",
     "generate",
     "is_available",
     "plan",
@@ -75,11 +78,11 @@ def require_vllm() -> None:
     _checked = True
 
 
-def plan(model_dir: str | Path, adapter_dir: str | Path | None) -> ServingPlan:
-    """How ``adapter_dir`` is served over ``model_dir`` (see ``serving.py``)."""
+def plan(model_dir: str | Path, adapter_dir: str | Path | None, *, lora_serving: str = "request") -> ServingPlan:
+    """How ``adapter_dir`` is served over ``model_dir`` (see ``serving.py``; ``lora_serving``: request | merged)."""
     from cme_bench.vllm_backend.serving import plan as _plan
 
-    return _plan(model_dir, adapter_dir)
+    return _plan(model_dir, adapter_dir, lora_serving=lora_serving)
 
 
 def evaluate(
@@ -148,6 +151,14 @@ def generate(
     p = plan(model_dir, adapter_dir)
     with Engine([p], **(engine_kwargs or {})) as engine:
         return engine.generate(prompts, max_tokens=max_tokens, plan=p)
+
+
+def evaluate_run(model: str | Path, adapter_dir: str | Path | None, tasks: Sequence[str], **kwargs: Any):
+    """The runner's ``--backend vllm`` evaluation: ``cme_bench.evaluate.EvalOutput`` (see ``run.py``)."""
+    require_vllm()
+    from cme_bench.vllm_backend.run import evaluate_run as _evaluate_run
+
+    return _evaluate_run(model, adapter_dir, tasks, **kwargs)
 
 
 def start_engine(plans: Sequence[ServingPlan], **kwargs: Any) -> Engine:

@@ -4,8 +4,9 @@
 adapter a call uses. The lm-eval path is lm-eval's own ``vllm`` model class (same task configs, same request
 building and scoring as ``--model vllm``), given our already-built engine and LoRA request (``CmeVLLM``).
 
-Process rules (ecosystem.md (b)): a script that builds an engine needs an ``if __name__ == "__main__":`` guard,
-because the CPU platform starts vLLM's engine core with ``spawn`` and re-imports the main module.
+Process rules (ecosystem.md (b)): a script that builds an engine keeps an ``if __name__ == "__main__":`` guard: with
+vLLM's multi-process layout (``VLLM_ENABLE_V1_MULTIPROCESSING=1``; on a GPU) the CPU platform starts processes with
+``spawn``, which re-imports the main module. On CPU engines run in-process by default (``_env.py``), one at a time.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ class Engine:
     Args:
         plans: every plan this engine will serve; they must share ``engine_key`` (``plans_by_engine`` groups them).
             ``max_lora_rank`` is taken from the LoRA plans' ranks, rounded up to a rank vLLM accepts.
-        dtype: ``"auto"`` keeps the checkpoint dtype (fp32 for our cached folders; parity needs the HF dtype).
+        dtype: default: the HF backend's (``models.default_dtype``): fp32 on CPU, bf16 on a CUDA device that supports
+            it. Not vLLM's ``"auto"``, which downcasts fp32 checkpoints: parity with HF needs the same dtype.
         enforce_eager: skip torch.compile and CUDA graphs. Default: eager on CPU (start-up is much shorter and LoRA
             disables compilation there anyway) and for MixLoRA (its expert loop has data-dependent shapes); compiled
             with CUDA graphs on a GPU otherwise.
@@ -57,7 +59,7 @@ class Engine:
         self,
         plans: Sequence[ServingPlan],
         *,
-        dtype: str = "auto",
+        dtype: str | None = None,
         max_model_len: int | None = DEFAULT_MAX_MODEL_LEN,
         seed: int = 0,
         enforce_eager: bool | None = None,
@@ -80,6 +82,10 @@ class Engine:
 
             enforce_eager = not cuda_available() or any(p.method in BLOCK_METHODS for p in plans)
         self.model_dir = first.model_dir
+        if dtype is None:
+            from cme_bench.vllm_backend._env import cuda_available
+
+            dtype = "bfloat16" if cuda_available() and _bf16_supported() else "float32"
         kwargs: dict[str, Any] = {
             "model": str(first.model_dir),
             "dtype": dtype,
@@ -238,6 +244,12 @@ def task_manager(include_path: Path | Sequence[Path] | None = None):
 
         return TaskManager(include_path=[str(p) for p in [tasks_dir(), *paths]], include_defaults=False)
     return taskreg.task_manager(paths)
+
+
+def _bf16_supported() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_bf16_supported())
 
 
 def _model_max_len(model_dir: Path) -> int | None:

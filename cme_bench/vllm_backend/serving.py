@@ -6,7 +6,8 @@ Per shared/docs/baselines.md "Serving consequences":
 - ``moslora`` (B' = B M) and ``multilora`` (B' = [diag(s_i) B_i], A' = [A_i], alpha' = n alpha) are *exactly* plain
   LoRAs: converted once into a PEFT LoRA folder in the cache and served the same way;
 - ``dora`` and ``adalora`` (PEFT formats vLLM rejects or does not know): merged into the base weights once (PEFT's
-  ``merge_and_unload``) and served as a separate base model, one engine each;
+  ``merge_and_unload``) and served as a separate base model, one engine each; ``lora_serving="merged"`` does the
+  same for the LoRA family (faster decoding on CPU, no sharing of the base engine);
 - routed methods: the out-of-tree model ``CmeRoutedLlamaForCausalLM`` over the unchanged base folder, one engine each.
 
 Conversions are cached under ``cache_dir()/vllm`` keyed by the adapter files' digest, and written atomically.
@@ -99,8 +100,15 @@ def _digest(folder: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def plan(model_dir: str | Path, adapter_dir: str | Path | None) -> ServingPlan:
-    """The serving plan for ``adapter_dir`` over ``model_dir`` (converting or merging into the cache if needed)."""
+def plan(model_dir: str | Path, adapter_dir: str | Path | None, *, lora_serving: str = "request") -> ServingPlan:
+    """The serving plan for ``adapter_dir`` over ``model_dir`` (converting or merging into the cache if needed).
+
+    ``lora_serving``: ``"request"`` (default) serves LoRA-family adapters through vLLM's LoRA support, many adapters
+    on one base engine; ``"merged"`` merges them into a copy of the base weights instead (one engine per adapter,
+    but decoding at base-model speed: vLLM's LoRA kernels on CPU are PyTorch fallbacks, ~2.5x slower than the base).
+    """
+    if lora_serving not in ("request", "merged"):
+        raise CmeError(f"lora_serving must be 'request' or 'merged', got {lora_serving!r}")
     model_dir = Path(model_dir).resolve()
     if adapter_dir is None:
         return ServingPlan("base", model_dir)
@@ -125,6 +133,8 @@ def plan(model_dir: str | Path, adapter_dir: str | Path | None) -> ServingPlan:
 
         overrides = {"architectures": [ROUTED_ARCHITECTURE], "cme_adapter": str(adapter_dir)}
         return ServingPlan("routed", model_dir, adapter_dir, method, hf_overrides=overrides)
+    if lora_serving == "merged" and method in ("lora", *CONVERTIBLE):
+        return _merged_plan(model_dir, adapter_dir, method)
     if method == "lora":
         _check_plain_lora(cfg, adapter_dir)
         return ServingPlan("lora", model_dir, adapter_dir, method, adapter_dir, _peft_rank(cfg))
@@ -136,11 +146,15 @@ def plan(model_dir: str | Path, adapter_dir: str | Path | None) -> ServingPlan:
         note = f"{method} converted exactly to a rank-{rank} LoRA"
         return ServingPlan("lora", model_dir, adapter_dir, method, out, rank, note=note)
     if method in MERGE_ONLY:
-        out = cache_dir() / "vllm" / "merged" / f"{method}-{_digest(adapter_dir)}-{_digest_model(model_dir)}"
-        if not (out / "config.json").is_file():
-            _atomic_dir(out, lambda tmp: merge_into_base(model_dir, adapter_dir, tmp))
-        return ServingPlan("merged", out, adapter_dir, method, note=f"{method} merged into the base weights")
+        return _merged_plan(model_dir, adapter_dir, method)
     raise CmeError(f"adapter method {method!r} has no vLLM serving path; use --backend hf")
+
+
+def _merged_plan(model_dir: Path, adapter_dir: Path, method: str) -> ServingPlan:
+    out = cache_dir() / "vllm" / "merged" / f"{method}-{_digest(adapter_dir)}-{_digest_model(model_dir)}"
+    if not (out / "config.json").is_file():
+        _atomic_dir(out, lambda tmp: merge_into_base(model_dir, adapter_dir, tmp))
+    return ServingPlan("merged", out, adapter_dir, method, note=f"{method} merged into the base weights")
 
 
 def _model_type(model_dir: Path) -> str | None:
@@ -274,7 +288,8 @@ def convert_to_lora(adapter_dir: Path, out: Path) -> None:
 
 
 def merge_into_base(model_dir: Path, adapter_dir: Path, out: Path) -> None:
-    """Merge a mergeable adapter (DoRA, AdaLoRA) into the base weights and save a full model folder.
+    """Merge a mergeable adapter (DoRA, AdaLoRA; any LoRA-family one on request) into the base weights and save a
+    full model folder.
 
     Uses ``cme_bench.adapters`` (strict key check on load, PEFT's ``merge_and_unload``), so the merged weights are
     exactly what the HF backend would evaluate.

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from vllm_helpers import PROMPTS, hf_greedy, hf_model, make_adapter, save_base
+from vllm_helpers import PROMPTS, hf_greedy, hf_model, make_adapter, normalise_text, save_base
 
 pytestmark = pytest.mark.vllm
 
@@ -78,19 +78,7 @@ def _hf_lm_eval(model, tokenizer, tasks: list[str]) -> dict:
 
 
 def _text(resps: list) -> list[str]:
-    """Text normalised for two detokenizer differences on the tiny model's random output (same token ids):
-
-    - vLLM's incremental detokenizer holds back an incomplete UTF-8 sequence at the end, HF renders it as U+FFFD;
-    - the byte tokenizer's ``<pad>``/``<s>`` are special to transformers (HF skips them) but not marked special in
-      its tokenizer.json, so the tokenizers library (vLLM's detokenizer) prints them.
-    """
-    out = []
-    for group in resps:
-        for r in group:
-            for special in ("<pad>", "<s>"):
-                r = r.replace(special, "")
-            out.append(r.rstrip("\ufffd"))
-    return out
+    return [normalise_text(r) for group in resps for r in group]
 
 
 @pytest.mark.parametrize("which", ["base", "lora"])

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from vllm_helpers import PROMPTS, hf_greedy, hf_model, make_adapter, save_base
+from vllm_helpers import PROMPTS, hf_greedy, hf_model, make_adapter, normalise_text, save_base
 
 pytestmark = pytest.mark.vllm
 
@@ -51,3 +51,28 @@ def test_routed_matches_hf(method: str, base_dir: Path, tokenizer) -> None:
     base = hf_greedy(hf_model(base_dir, None), tokenizer, PROMPTS, MAX_TOKENS)
     assert want != base, "the adapter does not change the output: the parity check would be vacuous"
     assert got == want
+
+
+def test_evaluate_run_matches_hf_backend(base_dir: Path) -> None:
+    """The runner's ``--backend vllm`` path (``evaluate_run``) against the HF path (``cme_bench.evaluate``) for a
+    TeamLoRA adapter: same primary metrics, same per-document predictions."""
+    from cme_bench import vllm_backend
+    from cme_bench.evaluate import evaluate as hf_evaluate
+    from cme_bench.models import load_model
+
+    tasks, limit = ["cme_mini_sst2", "cme_mini_rte"], 6
+    adapter = make_adapter(base_dir, base_dir.parent / "teamlora-eval", "teamlora", ROUTED["teamlora"], seed=2)
+    done: list = []
+    got = vllm_backend.evaluate_run(
+        base_dir, adapter, tasks, limit=limit, engine_kwargs={"dtype": "float32"}, on_task_done=done.append
+    )
+    done = [r.task for r in done]
+    assert done == tasks
+    loaded = load_model(str(base_dir))
+    want = hf_evaluate(hf_model(base_dir, adapter), loaded.tokenizer, tasks, limit=limit, batch_size=1, progress=False)
+    for task in tasks:
+        g, w = got.tasks[task], want.tasks[task]
+        assert (g.metric, g.value, g.n) == (w.metric, w.value, w.n)
+        assert [(r["doc_id"], normalise_text(r["prediction"])) for r in g.samples] == [
+            (r["doc_id"], normalise_text(r["prediction"])) for r in w.samples
+        ]

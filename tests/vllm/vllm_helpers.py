@@ -47,6 +47,7 @@ def make_adapter(base_dir: Path, out: Path, method: str, params: dict[str, Any],
 
     base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     preset = preset_from_dict({"method": method, "params": params}, name=method)
+    info = architecture_info(base)  # before the adapter is injected: the fingerprint covers the weights
     model = apply_adapter(base, preset, seed=seed)
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(seed + 7)
@@ -58,7 +59,7 @@ def make_adapter(base_dir: Path, out: Path, method: str, params: dict[str, Any],
                     t.zero_()
                 else:
                     t.normal_(0.0, 0.2)
-    return save_adapter(model, out, base_info=architecture_info(base))
+    return save_adapter(model, out, base_info=info)
 
 
 def hf_model(base_dir: Path, adapter_dir: Path | None):
@@ -81,3 +82,15 @@ def hf_greedy(model, tokenizer, prompts: list[str], max_tokens: int) -> list[lis
         )
         out.append(gen[0, ids.shape[1] :].tolist())
     return out
+
+
+def normalise_text(text: str) -> str:
+    """Generated text with two detokenizer differences on the tiny model's random output removed (same token ids):
+
+    - vLLM's incremental detokenizer holds back an incomplete UTF-8 sequence at the end, HF renders it as U+FFFD;
+    - the byte tokenizer's ``<pad>``/``<s>`` are special to transformers (HF skips them) but not marked special in
+      its tokenizer.json, so the tokenizers library (vLLM's detokenizer) prints them.
+    """
+    for special in ("<pad>", "<s>"):
+        text = text.replace(special, "")
+    return text.rstrip("\ufffd")

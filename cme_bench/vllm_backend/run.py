@@ -1,0 +1,105 @@
+"""``evaluate_run``: the vLLM counterpart of ``cme_bench.evaluate.evaluate`` for the runner (``--backend vllm``).
+
+Same contract as the HF path: tasks run one at a time (progress and ``on_task_done`` per task, so a crash keeps the
+finished tasks), the same seeds and bootstrap iterations, the same primary-metric choice and per-sample rows (the HF
+module's own helpers), and an ``EvalOutput`` whose ``lm_eval`` part merges the per-task lm-eval dicts. The difference:
+the adapter is served by vLLM from its saved folder (see ``serving.plan``) on one engine for all tasks.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from cme_bench.errors import CmeError
+
+log = logging.getLogger(__name__)
+
+
+def model_folder(model: str | Path) -> Path:
+    """A folder vLLM can load for a ``--model`` spec (``models.materialize``: built-ins are cached once)."""
+    path = Path(model).expanduser()
+    if (path / "config.json").is_file():
+        return path.resolve()
+    from cme_bench.models import materialize
+
+    return materialize(str(model))
+
+
+def evaluate_run(
+    model: str | Path,
+    adapter_dir: str | Path | None,
+    tasks: Sequence[str],
+    *,
+    limit: int | None = None,
+    batch_size: int | str = "auto",
+    include_path: Sequence[Path] = (),
+    seed: int = 0,
+    primary_metric: Callable[[str], str | None] | None = None,
+    on_task_done: Callable[[Any], None] | None = None,
+    engine_kwargs: dict[str, Any] | None = None,
+    lora_serving: str = "request",
+):
+    """Evaluate ``tasks`` through vLLM; returns ``cme_bench.evaluate.EvalOutput``.
+
+    ``batch_size`` is recorded by the caller but not passed on: vLLM schedules its own batches (continuous batching),
+    and lm-eval's ``"auto"`` hands it every request of a task at once. ``lora_serving="merged"`` serves a LoRA-family
+    adapter merged into the base (faster on CPU; see ``serving.plan``).
+    """
+    from cme_bench import taskreg
+    from cme_bench.evaluate import EvalOutput, TaskResult, _pick_metric, _sample_rows
+    from cme_bench.vllm_backend import plan
+    from cme_bench.vllm_backend.engine import Engine
+
+    include = [Path(p) for p in include_path]
+    if primary_metric is None:
+
+        def primary_metric(task: str) -> str | None:
+            return taskreg.task_info(task, include).primary_metric
+
+    p = plan(model_folder(model), adapter_dir, lora_serving=lora_serving)
+    merged: dict[str, Any] = {"results": {}, "versions": {}, "n-samples": {}, "higher_is_better": {}, "configs": {}}
+    results: dict[str, Any] = {}
+    t_all = time.perf_counter()
+    with Engine([p], seed=seed, **(engine_kwargs or {})) as engine:
+        for task in tasks:
+            t0 = time.perf_counter()
+            out = engine.evaluate(
+                p,
+                [task],
+                limit=limit,
+                include_path=include,
+                log_samples=True,
+                random_seed=seed,
+                numpy_random_seed=seed,
+                torch_random_seed=seed,
+                fewshot_random_seed=seed,
+                bootstrap_iters=1000,
+            )
+            for key in merged:
+                merged[key].update(out.get(key, {}))
+            merged.setdefault("config", out.get("config", {}))
+            task_results = out["results"].get(task)
+            if task_results is None:
+                raise CmeError(f"lm-eval returned no results for {task!r}")
+            key, metric = _pick_metric(task_results, primary_metric(task))
+            filter_key = key.split(",", 1)[1]
+            stderr = task_results.get(f"{metric}_stderr,{filter_key}")
+            rows = _sample_rows(out["samples"].get(task, []), metric, filter_key)
+            result = TaskResult(
+                task=task,
+                metric=metric,
+                value=float(task_results[key]),
+                stderr=float(stderr) if isinstance(stderr, (int, float)) else None,
+                n=len(rows),
+                seconds=round(time.perf_counter() - t0, 3),
+                samples=rows,
+            )
+            results[task] = result
+            if on_task_done:
+                on_task_done(result)
+            log.info("%s (vLLM): %s = %.4f (n=%d, %.1fs)", task, metric, result.value, result.n, result.seconds)
+    return EvalOutput(tasks=results, lm_eval=merged, seconds=round(time.perf_counter() - t_all, 3))
