@@ -7,9 +7,11 @@ Run in the vLLM environment (it needs both backends)::
 Both backends decode the same ``--batch`` prompts greedily for exactly ``--max-tokens`` new tokens (EOS ignored), in
 the same dtype; tokens/s = batch x max_tokens / wall time of the generate call, after one warm-up call each, and
 tokens per CPU-second (this process's CPU time; the vLLM engine runs in-process on CPU) for shared, loaded machines.
-HF runs the whole batch as one left-padded ``generate``; vLLM serves the LoRA by request on the base engine and
-TeamLoRA through its routed model (one engine each). Adapters are the shipped presets with random non-zero weights
-(speed does not depend on the values). Engine start-up time is reported separately, not counted in tokens/s.
+HF runs the whole batch as one left-padded ``generate``; vLLM serves the LoRA by request (``lora-merged``: merged
+into the base) and TeamLoRA through its routed model, each on its own engine. ``--compile`` lets vLLM use
+torch.compile (LoRA by request stays eager: vLLM turns compilation off for LoRA on CPU). Adapters are the shipped
+presets with random non-zero weights (speed does not depend on the values). Engine start-up time is reported
+separately, not counted in tokens/s.
 
 The ``if __name__ == "__main__":`` guard is required: vLLM's CPU engine re-imports this module in its processes.
 """
@@ -154,21 +156,18 @@ def main() -> None:
         for m in methods:
             serving = "merged" if m.endswith("-merged") else "request"
             plans[m] = vllm_backend.plan(model_dir, adapters.get(m), lora_serving=serving)
-        from cme_bench.vllm_backend.engine import plans_by_engine
-
         # HF first: an in-process vLLM engine changes process-wide CPU settings (threads, memory binding).
         for m in methods:
             rows[m] = {"hf": hf_throughput(model_dir, adapters.get(m), texts, args.max_tokens, dtype)}
             print(f"HF {m}: {rows[m]['hf']['tokens_per_s']:.1f} tok/s", flush=True)
-        for group in plans_by_engine(list(plans.values())):
+        # One engine per row, so each is measured alone (the base engine of a sweep would also carry the LoRA
+        # machinery, which turns torch.compile off on CPU).
+        for m, p in plans.items():
             t0 = time.perf_counter()
-            with vllm_backend.start_engine(group, **engine_kw) as engine:
-                start_s = time.perf_counter() - t0
-                for m, p in plans.items():
-                    if p in group:
-                        rows[m]["vllm"] = vllm_throughput(engine, p, texts, args.max_tokens)
-                        rows[m]["engine_start_s"] = start_s
-                        print(f"vLLM {m}: {rows[m]['vllm']['tokens_per_s']:.1f} tok/s", flush=True)
+            with vllm_backend.start_engine([p], **engine_kw) as engine:
+                rows[m]["engine_start_s"] = time.perf_counter() - t0
+                rows[m]["vllm"] = vllm_throughput(engine, p, texts, args.max_tokens)
+                print(f"vLLM {m}: {rows[m]['vllm']['tokens_per_s']:.1f} tok/s", flush=True)
         for m in methods:
             rows[m]["ratio"] = rows[m]["vllm"]["tokens_per_s"] / rows[m]["hf"]["tokens_per_s"]
             rows[m]["ratio_cpu"] = rows[m]["vllm"]["tokens_per_cpu_s"] / rows[m]["hf"]["tokens_per_cpu_s"]

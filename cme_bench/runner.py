@@ -229,7 +229,8 @@ def run(cfg: RunConfig, *, do_eval: bool = True) -> dict[str, Any]:
             return
         adapter_dir = adapters.save_adapter(model, record.dir / "adapter", base_info=base_info)
         shutil.rmtree(record.dir / "checkpoints", ignore_errors=True)  # the saved adapter supersedes them
-        record.update(training={**result.to_dict(), "expert_load": adapters.expert_load(model)})
+        # Expert load averaged over every training forward (not just the last batch).
+        record.update(training={**result.to_dict(), "expert_load": adapters.expert_load(model, cumulative=True)})
         check_adapter_applied(base_logits, model, loaded.tokenizer)
         record.update(costs=_costs(result, model, loaded.tokenizer))
         if do_eval:
