@@ -92,6 +92,28 @@ class RunConfig:
         return int(os.environ.get("RANK", "0")) == 0
 
 
+# (flag, RunConfig field, type, help): the training and evaluation flags of add_run_arguments.
+TRAIN_FLAGS: list[tuple[str, str, type, str | None]] = [
+    ("--max-steps", "max_steps", int, "optimiser steps (0: use --epochs)"),
+    ("--epochs", "epochs", float, "passes over the mixture when --max-steps is 0"),
+    ("--batch-size", "batch_size", int, "micro-batch size per process"),
+    ("--grad-accum", "grad_accum", int, "micro-batches per optimiser step"),
+    ("--lr", "learning_rate", float, "peak learning rate (AdamW, cosine schedule, 3%% warm-up)"),
+    ("--max-seq-len", "max_seq_len", int, "tokens kept per training example"),
+    ("--train-cap", "train_cap", int, "training examples per task (0: all)"),
+    ("--mix", "mix", str, "mixing: size | temperature (fixed proportions: `tasks export`)"),
+    ("--temperature", "temperature", float, "temperature of --mix temperature"),
+    ("--checkpoint-every", "checkpoint_every", int, "optimiser steps between checkpoints (0: none)"),
+    ("--gradient-checkpointing", "gradient_checkpointing", bool, "trade compute for activation memory"),
+    ("--resume", "resume", bool, "continue from the run's last checkpoint"),
+]
+EVAL_FLAGS: list[tuple[str, str, type, str | None]] = [
+    ("--limit", "limit", int, "test documents per task (0: all)"),
+    ("--eval-batch-size", "eval_batch_size", int, "generation batch size"),
+    ("--backend", "backend", str, "generation backend: hf | vllm"),
+]
+
+
 def add_run_arguments(parser: argparse.ArgumentParser, *, train: bool = True, evaluate: bool = True) -> None:
     """The flags shared by run/train/eval/sweep; each verb adds its own on top."""
     d = RunConfig()
@@ -107,25 +129,18 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, train: bool = True, ev
     parser.add_argument("--tag", help="suffix for the run id, to keep variants of one setting apart")
     parser.add_argument("--force", action="store_true", help="rerun even if a finished run record exists")
     if train:
-        g = parser.add_argument_group("training")
-        g.add_argument("--max-steps", type=int, default=d.max_steps, help="optimiser steps (0: use --epochs)")
-        g.add_argument("--epochs", type=float, default=d.epochs)
-        g.add_argument("--batch-size", type=int, default=d.batch_size)
-        g.add_argument("--grad-accum", type=int, default=d.grad_accum)
-        g.add_argument("--lr", dest="learning_rate", type=float, default=d.learning_rate)
-        g.add_argument("--max-seq-len", type=int, default=d.max_seq_len)
-        g.add_argument("--train-cap", type=int, default=d.train_cap, help="training examples per task (0: all)")
-        g.add_argument("--mix", default=d.mix, help="mixing: size | temperature (fixed proportions: tasks export)")
-        g.add_argument("--temperature", type=float, default=d.temperature, help="for --mix temperature")
-        g.add_argument("--extra-data", action="append", default=[], help="instruction JSONL to mix in")
-        g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
-        g.add_argument("--gradient-checkpointing", action="store_true")
-        g.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
-    if evaluate:
-        g = parser.add_argument_group("evaluation")
-        g.add_argument("--limit", type=int, default=d.limit, help="test documents per task (0: all)")
-        g.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
-        g.add_argument("--backend", default=d.backend, help="generation backend: hf | vllm")
+        parser.add_argument("--extra-data", action="append", default=[], help="instruction JSONL to mix in")
+    groups = [("training", TRAIN_FLAGS)] if train else []
+    groups += [("evaluation", EVAL_FLAGS)] if evaluate else []
+    for title, flags in groups:
+        group = parser.add_argument_group(title)
+        for flag, dest, kind, help_text in flags:
+            if kind is bool:
+                group.add_argument(flag, dest=dest, action="store_true", help=help_text)
+            else:
+                group.add_argument(
+                    flag, dest=dest, type=kind, default=getattr(d, dest), help=f"{help_text} (default: %(default)s)"
+                )
 
 
 def config_from_args(args: argparse.Namespace, **overrides: Any) -> RunConfig:

@@ -14,8 +14,8 @@ How it measures, and why:
 - Inference = HF ``generate``, greedy, ``min_new_tokens = max_new_tokens`` so every variant decodes the same count.
   A logits processor timestamps each generated token: prefill = start to the first token, decode = mean gap after.
 - Peak memory is per variant, so it is taken in a fresh child process (``python -m cme_bench.profile``) that loads
-  the base, applies that variant alone and runs warm-up steps and one generation: ``ru_maxrss`` on CPU, CUDA
-  ``max_memory_allocated`` on a GPU. One process cannot tell variants apart (RSS only grows).
+  the base, applies that variant alone and runs warm-up steps and one generation: peak RSS (``VmHWM``) on CPU,
+  CUDA ``max_memory_allocated`` on a GPU. One process cannot tell variants apart (RSS only grows).
 """
 
 from __future__ import annotations
@@ -490,7 +490,7 @@ def _settings_record(loaded: Any, settings: ProfileSettings, rank: int) -> dict[
         "device": str(_device(model)),
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "threads": torch.get_num_threads(),
-        "memory_method": "cuda max_memory_allocated" if _device(model).type == "cuda" else "child process ru_maxrss",
+        "memory_method": "cuda max_memory_allocated" if _device(model).type == "cuda" else "child peak RSS (VmHWM)",
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "platform": platform.platform(),
@@ -621,12 +621,21 @@ def _child_main(job_json: str, out_path: str) -> int:
 
 
 def peak_memory_bytes(device: torch.device) -> int:
-    """CUDA max allocated on a GPU, else this process's max RSS (``ru_maxrss`` is KiB on Linux)."""
+    """CUDA max allocated on a GPU, else this process's peak RSS.
+
+    On Linux the peak is ``VmHWM`` from /proc/self/status, which starts afresh with the exec'd image; ``ru_maxrss``
+    does not: it is inherited across fork and execve, so a child of a large parent would report the parent's peak.
+    """
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text(encoding="utf-8").splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # reported in kB
     import resource
 
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # KiB on Linux, bytes on macOS
 
 
 if __name__ == "__main__":

@@ -72,8 +72,27 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _model_info(loaded: LoadedModel, info: dict[str, Any]) -> dict[str, Any]:
-    return {"spec": loaded.spec, "name": loaded.name, "source": loaded.source, **info}
+def _finished(cfg: RunConfig, run_id: str) -> dict[str, Any] | None:
+    """The record of an already successful run, unless --force asks to redo it."""
+    if cfg.force or not results.is_completed(Path(cfg.output) / run_id):
+        return None
+    log.info("%s already finished (use --force to rerun)", run_id)
+    return results.read_run(Path(cfg.output) / run_id)
+
+
+def _load_base(cfg: RunConfig, record: RunRecord) -> tuple[LoadedModel, dict[str, Any]]:
+    """Load the base model (seeded) and describe it in the record."""
+    _seed_everything(cfg.seed)
+    loaded = load_model(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    base_info = architecture_info(loaded.model)
+    record.update(model={"spec": loaded.spec, "name": loaded.name, "source": loaded.source, **base_info})
+    return loaded, base_info
+
+
+def _adapter_summary(model: torch.nn.Module, **extra: Any) -> dict[str, Any]:
+    trainable, base = adapters.count_parameters(model)
+    info = adapters.adapter_info(model)
+    return {**info, "trainable_parameters": trainable, "trainable_share": trainable / base, **extra}
 
 
 def _tasks(cfg: RunConfig) -> list[str]:
@@ -194,17 +213,13 @@ def run(cfg: RunConfig, *, do_eval: bool = True) -> dict[str, Any]:
     if cfg.adapter == NO_ADAPTER:
         return evaluate_base_or_adapter(cfg, adapter_path=None)
     run_id = cfg.run_id(None if do_eval else "train")
-    if results.is_completed(Path(cfg.output) / run_id) and not cfg.force:
-        log.info("%s already finished (use --force to rerun)", run_id)
-        return results.read_run(Path(cfg.output) / run_id)
+    if (done := _finished(cfg, run_id)) is not None:
+        return done
     preset = adapters.load_preset(cfg.adapter)
     record = _open_record(cfg, run_id, cfg.name or preset.name)
 
     def body() -> None:
-        _seed_everything(cfg.seed)
-        loaded = load_model(cfg.model, trust_remote_code=cfg.trust_remote_code)
-        base_info = architecture_info(loaded.model)
-        record.update(model=_model_info(loaded, base_info))
+        loaded, base_info = _load_base(cfg, record)
         tasks = _tasks(cfg)
         train_records = _training_records(cfg, tasks)
         base_logits = probe_logits(loaded.model, loaded.tokenizer)
@@ -214,16 +229,7 @@ def run(cfg: RunConfig, *, do_eval: bool = True) -> dict[str, Any]:
         model = adapters.apply_adapter(
             loaded.model, preset, total_steps=total_steps(len(train_records), tcfg, world), seed=cfg.seed
         )
-        trainable, base = adapters.count_parameters(model)
-        record.update(
-            adapter={
-                **adapters.adapter_info(model),
-                "preset": preset.name,
-                "trainable_parameters": trainable,
-                "trainable_share": trainable / base,
-                "path": "adapter",
-            }
-        )
+        record.update(adapter=_adapter_summary(model, preset=preset.name, path="adapter"))
         result = train(model, loaded.tokenizer, train_records, tcfg, out_dir=record.dir, resume=cfg.resume)
         if not cfg.is_main_process():
             return
@@ -250,30 +256,18 @@ def evaluate_base_or_adapter(cfg: RunConfig, adapter_path: Path | None) -> dict[
     label = NO_ADAPTER if adapter_path is None else _adapter_label(adapter_path)
     cfg = replace(cfg, adapter=label)
     run_id = cfg.run_id(None if adapter_path is None else "eval")
-    if results.is_completed(Path(cfg.output) / run_id) and not cfg.force:
-        log.info("%s already finished (use --force to rerun)", run_id)
-        return results.read_run(Path(cfg.output) / run_id)
+    if (done := _finished(cfg, run_id)) is not None:
+        return done
     record = _open_record(cfg, run_id, cfg.name or ("base" if adapter_path is None else label))
 
     def body() -> None:
-        _seed_everything(cfg.seed)
-        loaded = load_model(cfg.model, trust_remote_code=cfg.trust_remote_code)
-        base_info = architecture_info(loaded.model)
-        record.update(model=_model_info(loaded, base_info))
+        loaded, _ = _load_base(cfg, record)
         tasks = _tasks(cfg)
         model = loaded.model
         if adapter_path is not None:
             base_logits = probe_logits(model, loaded.tokenizer)
             model = adapters.load_adapter(model, adapter_path)
-            trainable, base = adapters.count_parameters(model)
-            record.update(
-                adapter={
-                    **adapters.adapter_info(model),
-                    "trainable_parameters": trainable,
-                    "trainable_share": trainable / base,
-                    "path": str(adapter_path),
-                }
-            )
+            record.update(adapter=_adapter_summary(model, path=str(adapter_path)))
             check_adapter_applied(base_logits, model, loaded.tokenizer)
         _evaluate(cfg, record, model, loaded.tokenizer, tasks, adapter_path)
 

@@ -18,7 +18,8 @@ Pipeline of one task (the same for training and evaluation):
    SQuAD exact match / F1, final-number accuracy or ROUGE-L. Every task also reports ``score`` (its primary metric)
    so that lm-eval groups can average tasks with different metrics.
 
-Adding a data set: write a ``process_<schema>`` converter (and a ``LOCAL_SOURCES`` entry if it ships offline).
+Adding a data set: write a ``process_<schema>`` converter, or for a plain classification set a ``LABEL_TASKS`` row
+and its ``process_<name>`` line (and a ``LOCAL_SOURCES`` entry if it ships offline).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import gzip
 import hashlib
 import importlib.util
 import json
+import operator
 import re
 import string
 from collections import OrderedDict
@@ -425,6 +427,39 @@ def _label_record(
     return _record(doc_id, _pick(templates, doc_id), text, words[int(label)], [words[int(label)]], words)
 
 
+@dataclass(frozen=True)
+class LabelTask:
+    """A classification data set as data: its converter is :func:`_label_converter` of this row of the table.
+
+    Attributes:
+        doc: the converter's docstring (the hub data set and what its label indices mean).
+        id_field: the rows' native id column; None = a hash of the row.
+        templates: paraphrased instructions, one picked per document.
+        text: the ``input``: a ``str.format_map`` template over the row, or a function of the row.
+        words: the label word of each label index.
+        label: the row's label index (None or out of range drops the row).
+    """
+
+    doc: str
+    id_field: str | None
+    templates: tuple[str, ...]
+    text: str | Callable[[Row], str]
+    words: tuple[str, ...]
+    label: Callable[[Row], Any] = operator.itemgetter("label")
+
+
+def _label_converter(name: str, task: LabelTask) -> Callable[[Any], Any]:
+    """The ``process_<name>`` hook of one :class:`LabelTask`; ``name`` is also its document-id prefix."""
+
+    def convert(row: Row) -> Row | None:
+        text = task.text(row) if callable(task.text) else task.text.format_map(row)
+        return _label_record(_row_id(row, task.id_field, name), task.templates, text, task.words, task.label(row))
+
+    convert.__name__ = convert.__qualname__ = f"process_{name}"
+    convert.__doc__ = task.doc
+    return _converter(convert)
+
+
 NLI_TEMPLATES = (
     "What kind of relationship exists between the two given sentences: neutral, contradiction, or entailment?",
     "Can you identify the relationship between these two sentences as neutral, contradiction, or entailment?",
@@ -434,36 +469,11 @@ NLI_TEMPLATES = (
     "Evaluate the relationship between these two sentences: neutral, contradiction, or entailment.",
     "Decide whether the following statements are neutral, contradiction, or entailment.",
 )
-
-
-@_converter
-def process_anli(row: Row) -> Row | None:
-    """facebook/anli: label 0 entailment, 1 neutral, 2 contradiction."""
-    text = f"Sentence 1: {row['premise']}\nSentence 2: {row['hypothesis']}"
-    words = ("entailment", "neutral", "contradiction")
-    return _label_record(_row_id(row, "uid", "anli"), NLI_TEMPLATES, text, words, row["label"])
-
-
-@_converter
-def process_cb(row: Row) -> Row | None:
-    """super_glue/cb: label 0 entailment, 1 contradiction, 2 neutral (CME's three NLI label words)."""
-    text = f"Sentence 1: {row['premise']}\nSentence 2: {row['hypothesis']}"
-    words = ("entailment", "contradiction", "neutral")
-    return _label_record(_row_id(row, "idx", "cb"), NLI_TEMPLATES, text, words, row["label"])
-
-
-@_converter
-def process_rte(row: Row) -> Row | None:
-    """nyu-mll/glue rte: label 0 entailment, 1 not_entailment."""
-    templates = (
-        "Does the first sentence entail the second? Answer 'entailment' or 'not entailment'.",
-        "Determine whether sentence 2 follows from sentence 1. Choose 'entailment' or 'not entailment'.",
-        "Is the second sentence implied by the first? Reply with 'entailment' or 'not entailment'.",
-    )
-    text = f"Sentence 1: {row['sentence1']}\nSentence 2: {row['sentence2']}"
-    return _label_record(_row_id(row, "idx", "rte"), templates, text, ("entailment", "not entailment"), row["label"])
-
-
+RTE_TEMPLATES = (
+    "Does the first sentence entail the second? Answer 'entailment' or 'not entailment'.",
+    "Determine whether sentence 2 follows from sentence 1. Choose 'entailment' or 'not entailment'.",
+    "Is the second sentence implied by the first? Reply with 'entailment' or 'not entailment'.",
+)
 PARAPHRASE_TEMPLATES = (
     "Determine the relationship between the following sentences: are they duplicates or not? "
     "Select 'duplicate' or 'not duplicate'.",
@@ -476,71 +486,104 @@ PARAPHRASE_TEMPLATES = (
     "Judge whether these two sentences have the same meaning. Select 'duplicate' if they do and 'not duplicate' "
     "if they do not.",
 )
-
-
-@_converter
-def process_mrpc(row: Row) -> Row | None:
-    """nyu-mll/glue mrpc: label 1 equivalent -> 'duplicate' (CME's QQP label words)."""
-    text = f"Text 1: {row['sentence1']}\nText 2: {row['sentence2']}"
-    words = ("not duplicate", "duplicate")
-    return _label_record(_row_id(row, "idx", "mrpc"), PARAPHRASE_TEMPLATES, text, words, row["label"])
-
-
-@_converter
-def process_qqp(row: Row) -> Row | None:
-    """nyu-mll/glue qqp: label 1 duplicate."""
-    text = f"Text 1: {row['question1']}\nText 2: {row['question2']}"
-    words = ("not duplicate", "duplicate")
-    return _label_record(_row_id(row, "idx", "qqp"), PARAPHRASE_TEMPLATES, text, words, row["label"])
-
-
 SENTIMENT_TEMPLATES = (
     "Read the following review and determine if the sentiment is positive or negative.",
     "Determine whether the sentiment in the following passage is positive or negative.",
     "Is the sentiment of this text positive or negative?",
     "Classify the sentiment of the following text as positive or negative.",
 )
+EMOTION_TEMPLATES = (
+    "What is the emotion reflected in the following sentence? Choose one: joy, sadness, anger, fear, love, surprise.",
+    "Analyze the following sentence and categorize its emotion as either joy, sadness, anger, fear, love, "
+    "or surprise.",
+)
+BOOLQ_TEMPLATES = (
+    "Read the passage and answer the question with yes or no.",
+    "Based on the passage, is the answer to the question yes or no?",
+    "Answer the question about the passage. Reply with yes or no.",
+)
+_NLI_WORDS = ("entailment", "neutral", "contradiction")
+_DUPLICATE_WORDS = ("not duplicate", "duplicate")
+_SENTIMENT_WORDS = ("negative", "positive")
 
+# One row per classification data set; the key is the converter's name suffix and the document-id prefix.
+LABEL_TASKS: dict[str, LabelTask] = {
+    "anli": LabelTask(
+        "facebook/anli: label 0 entailment, 1 neutral, 2 contradiction.",
+        "uid",
+        NLI_TEMPLATES,
+        "Sentence 1: {premise}\nSentence 2: {hypothesis}",
+        _NLI_WORDS,
+    ),
+    "cb": LabelTask(
+        "super_glue/cb: label 0 entailment, 1 contradiction, 2 neutral (CME's three NLI label words).",
+        "idx",
+        NLI_TEMPLATES,
+        "Sentence 1: {premise}\nSentence 2: {hypothesis}",
+        ("entailment", "contradiction", "neutral"),
+    ),
+    "rte": LabelTask(
+        "nyu-mll/glue rte: label 0 entailment, 1 not_entailment.",
+        "idx",
+        RTE_TEMPLATES,
+        "Sentence 1: {sentence1}\nSentence 2: {sentence2}",
+        ("entailment", "not entailment"),
+    ),
+    "mrpc": LabelTask(
+        "nyu-mll/glue mrpc: label 1 equivalent -> 'duplicate' (CME's QQP label words).",
+        "idx",
+        PARAPHRASE_TEMPLATES,
+        "Text 1: {sentence1}\nText 2: {sentence2}",
+        _DUPLICATE_WORDS,
+    ),
+    "qqp": LabelTask(
+        "nyu-mll/glue qqp: label 1 duplicate.",
+        "idx",
+        PARAPHRASE_TEMPLATES,
+        "Text 1: {question1}\nText 2: {question2}",
+        _DUPLICATE_WORDS,
+    ),
+    "sst2": LabelTask(
+        "nyu-mll/glue sst2: label 1 positive.",
+        "idx",
+        SENTIMENT_TEMPLATES,
+        lambda row: row["sentence"].strip(),
+        _SENTIMENT_WORDS,
+    ),
+    "imdb": LabelTask(
+        "stanfordnlp/imdb: label 1 positive; reviews keep their ``<br />`` tags as in CME's samples.",
+        None,
+        SENTIMENT_TEMPLATES,
+        "{text}",
+        _SENTIMENT_WORDS,
+    ),
+    "emotion": LabelTask(
+        "dair-ai/emotion: 0 sadness, 1 joy, 2 love, 3 anger, 4 fear, 5 surprise.",
+        None,
+        EMOTION_TEMPLATES,
+        "{text}",
+        ("sadness", "joy", "love", "anger", "fear", "surprise"),
+    ),
+    "boolq": LabelTask(
+        "google/boolq: passage + question -> yes/no.",
+        None,
+        BOOLQ_TEMPLATES,
+        "Passage: {passage}\nQuestion: {question}?",
+        ("no", "yes"),
+        label=lambda row: int(bool(row["answer"])),
+    ),
+}
 
-@_converter
-def process_sst2(row: Row) -> Row | None:
-    """nyu-mll/glue sst2: label 1 positive."""
-    text = row["sentence"].strip()
-    return _label_record(
-        _row_id(row, "idx", "sst2"), SENTIMENT_TEMPLATES, text, ("negative", "positive"), row["label"]
-    )
-
-
-@_converter
-def process_imdb(row: Row) -> Row | None:
-    """stanfordnlp/imdb: label 1 positive; reviews keep their ``<br />`` tags as in CME's samples."""
-    words = ("negative", "positive")
-    return _label_record(_row_id(row, None, "imdb"), SENTIMENT_TEMPLATES, row["text"], words, row["label"])
-
-
-@_converter
-def process_emotion(row: Row) -> Row | None:
-    """dair-ai/emotion: 0 sadness, 1 joy, 2 love, 3 anger, 4 fear, 5 surprise."""
-    templates = (
-        "What is the emotion reflected in the following sentence? Choose one: joy, sadness, anger, fear, love, "
-        "surprise.",
-        "Analyze the following sentence and categorize its emotion as either joy, sadness, anger, fear, love, "
-        "or surprise.",
-    )
-    words = ("sadness", "joy", "love", "anger", "fear", "surprise")
-    return _label_record(_row_id(row, None, "emotion"), templates, row["text"], words, row["label"])
-
-
-@_converter
-def process_boolq(row: Row) -> Row | None:
-    """google/boolq: passage + question -> yes/no."""
-    templates = (
-        "Read the passage and answer the question with yes or no.",
-        "Based on the passage, is the answer to the question yes or no?",
-        "Answer the question about the passage. Reply with yes or no.",
-    )
-    text = f"Passage: {row['passage']}\nQuestion: {row['question']}?"
-    return _label_record(_row_id(row, None, "boolq"), templates, text, ("no", "yes"), int(bool(row["answer"])))
+# Module attributes, because the task YAMLs name them (``!function cme_bench.taskdata.process_<name>``).
+process_anli = _label_converter("anli", LABEL_TASKS["anli"])
+process_cb = _label_converter("cb", LABEL_TASKS["cb"])
+process_rte = _label_converter("rte", LABEL_TASKS["rte"])
+process_mrpc = _label_converter("mrpc", LABEL_TASKS["mrpc"])
+process_qqp = _label_converter("qqp", LABEL_TASKS["qqp"])
+process_sst2 = _label_converter("sst2", LABEL_TASKS["sst2"])
+process_imdb = _label_converter("imdb", LABEL_TASKS["imdb"])
+process_emotion = _label_converter("emotion", LABEL_TASKS["emotion"])
+process_boolq = _label_converter("boolq", LABEL_TASKS["boolq"])
 
 
 @_converter

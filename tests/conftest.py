@@ -42,3 +42,18 @@ def smollm2():
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     return SHARED
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy machine each op would wait for a second core.
+
+    Opt in per module with ``pytestmark = pytest.mark.usefixtures("one_thread")``: the thread count is restored when
+    the module's tests are done.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -27,13 +27,7 @@ PRESETS = [p.name for p in adapters.list_presets()]
 IDS = torch.tensor([[5, 17, 42, 99, 3, 8], [1, 2, 3, 4, 5, 6]])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy machine each op would wait for a second core."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(seed: int = 0, **kw):

@@ -103,9 +103,12 @@ def test_sweep_records_a_failing_method_and_finishes_the_others(tmp_path: Path):
     # r_a must be divisible by num_experts: this preset loads but fails when the adapter is built.
     broken.write_text("method: teamlora\ndescription: deliberately broken\nparams:\n  r_a: 30\n  num_experts: 4\n")
     out = tmp_path / "results"
+    one_task = ["--model", "tiny-llama", "--tasks", "cme_mini_boolq", "--train-cap", "12", "--batch-size", "4"]
     proc = _cli(
         "sweep",
-        *FAST,
+        *one_task,
+        "--limit",
+        "3",
         "--adapters",
         f"lora,{broken},hydralora",
         "--max-steps",

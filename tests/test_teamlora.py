@@ -7,6 +7,7 @@ import copy
 
 import pytest
 import torch
+from _helpers import assert_forward_paths_agree, randomise
 from torch import nn
 
 from cme_bench import adapters
@@ -15,14 +16,7 @@ from cme_bench.tuners.moelora import METHOD as MOELORA
 from cme_bench.tuners.moelora import MoeLoraLayer
 from cme_bench.tuners.teamlora import METHOD, TeamLoraLayer
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy machine each op would wait for a second core."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def team_layer(d_in=16, d_out=24, k=4, r_b=8, alpha=16.0, dropout=0.0, forward="fused", **extra) -> TeamLoraLayer:
@@ -30,15 +24,6 @@ def team_layer(d_in=16, d_out=24, k=4, r_b=8, alpha=16.0, dropout=0.0, forward="
         {"r_a": k * r_b, "num_experts": k, "alpha": alpha, "dropout": dropout, "forward": forward, **extra}
     )
     return TeamLoraLayer(nn.Linear(d_in, d_out), params)
-
-
-def randomise(layer: nn.Module, seed: int = 0) -> None:
-    """Give every adapter tensor non-zero values so that B = 0 cannot hide a bug."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in layer.named_parameters():
-            if "lora_" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
 
 
 def test_closed_form_on_hand_checked_tensors():
@@ -83,12 +68,7 @@ def test_fused_equals_loop_values_and_gradients(k, r_b):
 
 def test_fused_equals_loop_exactly_in_fp64():
     """In fp64 the two forms agree to 1e-12: the relation is algebraic, not approximate."""
-    fused = team_layer(k=4, r_b=8).double()
-    randomise(fused)
-    loop = copy.deepcopy(fused)
-    loop.fused = False
-    x = torch.randn(2, 3, 16, dtype=torch.float64)
-    torch.testing.assert_close(fused(x), loop(x), rtol=0, atol=1e-12)
+    assert_forward_paths_agree(team_layer(k=4, r_b=8).double(), (2, 3, 16), atol=1e-12, dtype=torch.float64)
 
 
 def test_fused_dropout_masks_each_slice_like_the_loop():

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from _helpers import assert_forward_paths_agree, randomise
 from torch import nn
 
 from cme_bench import adapters
@@ -25,25 +26,11 @@ EXPECTED_METHODS = {"lora", "dora", "adalora", "moslora", "multilora", "moelora"
 EXPECTED_METHODS |= {"smora", "teamlora"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy machine each op would wait for a second core."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def build(cls, method: str, base: nn.Module, **params):
     return cls(base, get_method(method).validate({"dropout": 0.0, **params}))
-
-
-def randomise(module: nn.Module, seed: int = 0, scale: float = 0.3) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if "lora_" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * scale)
 
 
 def zero_base(d_in: int, d_out: int) -> nn.Linear:
@@ -83,11 +70,7 @@ def test_moelora_closed_form():
 @pytest.mark.parametrize("method", ["moelora", "loramoe"])
 def test_moelora_fused_equals_reference(method):
     ref = build(MoeLoraLayer, method, nn.Linear(12, 20), r=4, num_experts=4, forward="reference")
-    randomise(ref, seed=1)
-    fused = copy.deepcopy(ref)
-    fused.fused = True
-    x = torch.randn(3, 5, 12)
-    torch.testing.assert_close(ref(x), fused(x), rtol=0, atol=1e-5)
+    assert_forward_paths_agree(ref, (3, 5, 12), seed=1)
 
 
 def test_localized_balance_loss_closed_form():
@@ -136,11 +119,7 @@ def test_hydralora_closed_form():
 
 def test_hydralora_fused_equals_reference():
     ref = build(HydraLoraLayer, "hydralora", nn.Linear(12, 20), r=4, num_experts=3)
-    randomise(ref, seed=2)
-    fused = copy.deepcopy(ref)
-    fused.fused = True
-    x = torch.randn(2, 7, 12)
-    torch.testing.assert_close(ref(x), fused(x), rtol=0, atol=1e-5)
+    assert_forward_paths_agree(ref, (2, 7, 12), seed=2)
 
 
 # ---------------------------------------------------------------------------------------------------------------

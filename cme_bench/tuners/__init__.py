@@ -4,7 +4,8 @@ Each entry is a lazy ``"module:attr"`` target resolving to a ``MethodSpec`` (see
 methods (lora, dora, adalora) live together in ``peft_methods``; every other method has its own module.
 
 Adding a method: write ``cme_bench/tuners/<name>.py`` exposing ``METHOD = MethodSpec(...)`` (a layer class whose
-adapter tensors are named ``lora_*`` and which mixes in ``AdapterLayerMixin``), add one ``register`` line below,
+adapter tensors are named ``lora_*``, which mixes in ``AdapterLayerMixin`` and starts with its ``init_adapter``;
+shared defaults, checks and weight builders are functions in ``tuners.base``), add one ``register`` line below,
 a preset ``adapters/<name>.yaml``, and closed-form tests in ``tests/``.
 """
 

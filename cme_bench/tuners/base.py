@@ -1,5 +1,5 @@
-"""Shared pieces of the native (non-PEFT) tuners: the method description, parameter validation, target matching,
-layer injection, and the small per-layer bookkeeping that routed layers share.
+"""Shared pieces of the tuners: the method description, default and validation helpers, target matching, layer
+injection, adapter-weight construction, and the small per-layer bookkeeping that native layers share.
 
 Tuners share helper *functions* and one small mixin, not a deep class hierarchy (docs/style.md habit 7). Every
 trainable or saved adapter tensor is named with a ``lora_`` prefix, as in PEFT and the TeamLoRA release, so
@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cme_bench.errors import CmeError, ConfigError
@@ -63,6 +64,29 @@ class MethodSpec:
             raise ConfigError(problems, where=where)
         merged["target_modules"] = normalise_targets(merged.get("target_modules"))
         return merged
+
+
+def method_defaults(first: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """A method's defaults in preset key order: its own leading keys (ranks, expert counts), the shared alpha 32 /
+    dropout 0.05 / FFN targets, then ``extra``.
+
+    Every call builds a fresh ``target_modules`` list, so no two methods share one mutable default.
+    """
+    return {**first, "alpha": 32, "dropout": 0.05, "target_modules": list(FFN_TARGETS), **extra}
+
+
+def check_not_above(p: dict[str, Any], key: str, limit: str) -> list[str]:
+    """``p[key] <= p[limit]`` for two integer parameters (a non-integer is reported by the common checks instead)."""
+    if isinstance(p[key], int) and isinstance(p[limit], int) and p[key] > p[limit]:
+        return [f"{key} ({p[key]}) must not exceed {limit} ({p[limit]})"]
+    return []
+
+
+def check_non_negative(p: dict[str, Any], key: str) -> list[str]:
+    """``p[key]`` is a number >= 0 (a loss weight)."""
+    if not isinstance(p[key], (int, float)) or p[key] < 0:
+        return [f"{key} must be a number >= 0, got {p[key]!r}"]
+    return []
 
 
 def _common_checks(p: dict[str, Any]) -> list[str]:
@@ -144,6 +168,11 @@ def new_linear(d_in: int, d_out: int, like: nn.Linear, init: str) -> nn.Linear:
     return layer
 
 
+def new_linears(n: int, d_in: int, d_out: int, like: nn.Linear, init: str) -> nn.ModuleList:
+    """``n`` independent ``new_linear`` factors (one per expert), initialised in index order."""
+    return nn.ModuleList(new_linear(d_in, d_out, like, init) for _ in range(n))
+
+
 def init_weight(weight: torch.Tensor, init: str) -> None:
     if weight.device.type == "meta":
         return
@@ -172,7 +201,8 @@ class AdapterLayerMixin:
     ``last_aux`` holds the unweighted auxiliary loss of the last forward (a tensor in the graph) and ``aux_weight``
     its configured weight; ``last_load`` the mean routing weight per expert of the last forward (normalised to sum 1,
     detached); ``load_sum``/``load_count`` accumulate it until ``reset_load``; ``stats`` holds scalar diagnostics as
-    0-d tensors (converted only when read, so a forward never waits for the device).
+    0-d tensors (converted only when read, so a forward never waits for the device). A layer's ``__init__`` sets
+    all of this, with its base layer, scaling and dropout, through ``init_adapter``.
     """
 
     method: str = ""
@@ -195,9 +225,39 @@ class AdapterLayerMixin:
     def reset_load(self) -> None:
         self.load_sum, self.load_count = None, 0
 
+    def init_adapter(self, base: nn.Module, params: dict[str, Any], scale_rank: int) -> None:
+        """The start every native layer shares: bookkeeping, the frozen ``base_layer``, ``scaling = alpha /
+        scale_rank`` and ``lora_dropout``.
+
+        Call it before creating any ``lora_*`` weight: the submodule order (base, dropout, adapter weights) fixes the
+        parameter order and, with a seed, which random numbers each weight's init draws.
+        """
+        self.init_bookkeeping()
+        self.base_layer = base
+        self.scaling = float(params["alpha"]) / scale_rank
+        self.lora_dropout = make_dropout(float(params["dropout"]))
+
 
 def base_forward(base: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return base(x)
+
+
+def softmax_route(router: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """Dense per-token softmax routing weights ``[..., E]``, computed in fp32 as the released routers do."""
+    return F.softmax(router(x).float(), dim=-1)
+
+
+def mix_experts(w: torch.Tensor, outputs: Iterable[torch.Tensor]) -> torch.Tensor:
+    """``sum_i w[..., i] * y_i`` over expert outputs ``y_i``, accumulated in expert order like the released loops.
+
+    ``outputs`` may be a generator: each expert's output (and its dropout mask) is then computed in turn, in the
+    same order as the loop it replaces.
+    """
+    out = None
+    for i, y in enumerate(outputs):
+        term = w[..., i : i + 1].to(y.dtype) * y
+        out = term if out is None else out + term
+    return out
 
 
 def add_delta(result: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:

@@ -19,13 +19,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from cme_bench.tuners.base import (
-    FFN_TARGETS,
     AdapterLayerMixin,
     MethodSpec,
     add_delta,
     describe,
-    make_dropout,
+    method_defaults,
+    mix_experts,
     new_linear,
+    new_linears,
+    softmax_route,
 )
 
 
@@ -36,29 +38,20 @@ class HydraLoraLayer(nn.Module, AdapterLayerMixin):
 
     def __init__(self, base: nn.Linear, params: dict[str, Any]) -> None:
         super().__init__()
-        self.init_bookkeeping()
-        self.base_layer = base
         self.num_experts = int(params["num_experts"])
         self.r = int(params["r"])
-        self.scaling = float(params["alpha"]) / self.r
         self.fused = params["forward"] == "fused"
-        self.lora_dropout = make_dropout(float(params["dropout"]))
+        self.init_adapter(base, params, self.r)
         self.lora_A = new_linear(base.in_features, self.r, base, "kaiming")
-        self.lora_B = nn.ModuleList(
-            new_linear(self.r, base.out_features, base, "zeros") for _ in range(self.num_experts)
-        )
+        self.lora_B = new_linears(self.num_experts, self.r, base.out_features, base, "zeros")
         self.lora_route = new_linear(base.in_features, self.num_experts, base, "kaiming")
 
     def extra_repr(self) -> str:
         return describe(self, r=self.r, heads=self.num_experts, fused=self.fused)
 
     def delta_reference(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        out = None
-        for i, head in enumerate(self.lora_B):
-            y = head(self.lora_A(self.lora_dropout(x))) * self.scaling
-            term = w[..., i : i + 1].to(y.dtype) * y
-            out = term if out is None else out + term
-        return out
+        # A x is recomputed per head, each time with a fresh dropout mask, as released.
+        return mix_experts(w, (head(self.lora_A(self.lora_dropout(x))) * self.scaling for head in self.lora_B))
 
     def delta_fused(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         z = self.lora_A(self.lora_dropout(x)) * self.scaling  # [..., r]
@@ -68,7 +61,7 @@ class HydraLoraLayer(nn.Module, AdapterLayerMixin):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = self.base_layer(x)
         xa = x.to(self.lora_A.weight.dtype)
-        w = F.softmax(self.lora_route(xa).float(), dim=-1)
+        w = softmax_route(self.lora_route, xa)
         delta = self.delta_fused(xa, w) if self.fused else self.delta_reference(xa, w)
         self.record_load(w)
         return add_delta(result, delta)
@@ -77,16 +70,9 @@ class HydraLoraLayer(nn.Module, AdapterLayerMixin):
 METHOD = MethodSpec(
     name="hydralora",
     description="HydraLoRA: shared A, several routed B heads (routed)",
-    defaults={
-        "r": 32,
-        "num_experts": 4,
-        "alpha": 32,
-        "dropout": 0.05,
-        "target_modules": list(FFN_TARGETS),
-        "forward": "reference",
-    },
+    defaults=method_defaults({"r": 32, "num_experts": 4}, forward="reference"),
     routed=True,
     mergeable=False,
-    build_layer=lambda module, params: HydraLoraLayer(module, params),
+    build_layer=HydraLoraLayer,
     notes=["TeamLoRA's table row: A rank 32 + 4 heads of rank 32"],
 )

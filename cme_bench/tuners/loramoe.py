@@ -8,16 +8,15 @@ L_lbc needs each sample's ``task_type``; pass it with ``cme_bench.adapters.set_t
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
-from cme_bench.tuners.base import FFN_TARGETS, MethodSpec
+from cme_bench.tuners.base import MethodSpec, check_non_negative, method_defaults
 from cme_bench.tuners.moelora import MoeLoraLayer
 
 
 def _check(p: dict[str, Any]) -> list[str]:
-    problems = []
-    if not isinstance(p["blc_weight"], (int, float)) or p["blc_weight"] < 0:
-        problems.append(f"blc_weight must be a number >= 0, got {p['blc_weight']!r}")
+    problems = check_non_negative(p, "blc_weight")
     if not isinstance(p["blc_alpha"], (int, float)) or not 0 <= p["blc_alpha"] < 1:
         problems.append(f"blc_alpha must be in [0, 1), got {p['blc_alpha']!r}")
     if isinstance(p["num_experts"], int) and p["blc_alpha"] and p["num_experts"] % 2:
@@ -28,19 +27,10 @@ def _check(p: dict[str, Any]) -> list[str]:
 METHOD = MethodSpec(
     name="loramoe",
     description="LoRAMoE: dense token-routed LoRA experts with the localized balancing loss (off by default) (routed)",
-    defaults={
-        "r": 4,
-        "num_experts": 8,
-        "alpha": 32,
-        "dropout": 0.05,
-        "target_modules": list(FFN_TARGETS),
-        "forward": "reference",
-        "blc_weight": 0.0,
-        "blc_alpha": 0.0,
-    },
+    defaults=method_defaults({"r": 4, "num_experts": 8}, forward="reference", blc_weight=0.0, blc_alpha=0.0),
     routed=True,
     mergeable=False,
-    build_layer=lambda module, params: MoeLoraLayer(module, params, method="loramoe"),
+    build_layer=functools.partial(MoeLoraLayer, method="loramoe"),
     aux_weight_key="blc_weight",
     check=_check,
     notes=["released script: blc_weight = blc_alpha = 0"],

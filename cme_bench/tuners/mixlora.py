@@ -20,11 +20,18 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cme_bench.errors import CmeError
-from cme_bench.tuners.base import AdapterLayerMixin, MethodSpec, make_dropout, new_linear
+from cme_bench.tuners.base import (
+    AdapterLayerMixin,
+    MethodSpec,
+    check_non_negative,
+    check_not_above,
+    new_linear,
+    new_linears,
+    softmax_route,
+)
 
 PROJECTIONS = ("gate", "up", "down")
 
@@ -39,20 +46,15 @@ class MixLoraBlock(nn.Module, AdapterLayerMixin):
         missing = [n for n in ("gate_proj", "up_proj", "down_proj", "act_fn") if not hasattr(mlp, n)]
         if missing:
             raise CmeError(f"mixlora needs a gated FFN block; {type(mlp).__name__} lacks {', '.join(missing)}")
-        self.init_bookkeeping()
-        self.base_layer = mlp
         self.num_experts = int(params["num_experts"])
         self.top_k = int(params["top_k"])
         self.r = int(params["r"])
-        self.scaling = float(params["alpha"]) / self.r
         self.aux_weight = float(params["aux_loss_weight"])
-        self.lora_dropout = make_dropout(float(params["dropout"]))
+        self.init_adapter(mlp, params, self.r)
         for proj in PROJECTIONS:
             base = getattr(mlp, f"{proj}_proj")
-            a = nn.ModuleList(new_linear(base.in_features, self.r, base, "kaiming") for _ in range(self.num_experts))
-            b = nn.ModuleList(new_linear(self.r, base.out_features, base, "zeros") for _ in range(self.num_experts))
-            setattr(self, f"lora_{proj}_A", a)
-            setattr(self, f"lora_{proj}_B", b)
+            setattr(self, f"lora_{proj}_A", new_linears(self.num_experts, base.in_features, self.r, base, "kaiming"))
+            setattr(self, f"lora_{proj}_B", new_linears(self.num_experts, self.r, base.out_features, base, "zeros"))
         hidden = mlp.gate_proj.in_features
         self.lora_route = new_linear(hidden, self.num_experts, mlp.gate_proj, "normal:0.02")
 
@@ -63,7 +65,7 @@ class MixLoraBlock(nn.Module, AdapterLayerMixin):
 
     def route(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Router probabilities ``[N, E]``, and the renormalised top-k weights and indices ``[N, k]``."""
-        probs = F.softmax(self.lora_route(flat).float(), dim=-1)
+        probs = softmax_route(self.lora_route, flat)
         top_w, top_i = probs.topk(self.top_k, dim=-1)
         return probs, top_w / top_w.sum(dim=-1, keepdim=True), top_i
 
@@ -104,12 +106,7 @@ def switch_balance_loss(probs: torch.Tensor, top_i: torch.Tensor, num_experts: i
 
 
 def _check(p: dict[str, Any]) -> list[str]:
-    problems = []
-    if isinstance(p["top_k"], int) and isinstance(p["num_experts"], int) and p["top_k"] > p["num_experts"]:
-        problems.append(f"top_k ({p['top_k']}) must not exceed num_experts ({p['num_experts']})")
-    if not isinstance(p["aux_loss_weight"], (int, float)) or p["aux_loss_weight"] < 0:
-        problems.append(f"aux_loss_weight must be a number >= 0, got {p['aux_loss_weight']!r}")
-    return problems
+    return check_not_above(p, "top_k", "num_experts") + check_non_negative(p, "aux_loss_weight")
 
 
 METHOD = MethodSpec(
@@ -127,7 +124,7 @@ METHOD = MethodSpec(
     routed=True,
     mergeable=False,
     scope="mlp",
-    build_layer=lambda module, params: MixLoraBlock(module, params),
+    build_layer=MixLoraBlock,
     aux_weight_key="aux_loss_weight",
     check=_check,
     notes=["FFN experts only (no attention LoRA)", "balance loss includes padding positions"],

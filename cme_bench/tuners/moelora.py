@@ -23,13 +23,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from cme_bench.tuners.base import (
-    FFN_TARGETS,
     AdapterLayerMixin,
     MethodSpec,
     add_delta,
     describe,
-    make_dropout,
+    method_defaults,
+    mix_experts,
     new_linear,
+    new_linears,
+    softmax_route,
 )
 
 
@@ -40,21 +42,19 @@ class MoeLoraLayer(nn.Module, AdapterLayerMixin):
 
     def __init__(self, base: nn.Linear, params: dict[str, Any], method: str = "moelora") -> None:
         super().__init__()
-        self.init_bookkeeping()
         self.method = method
-        self.base_layer = base
         self.num_experts = int(params["num_experts"])
         self.r = int(params["r"])
-        self.scaling = float(params["alpha"]) / self.r  # alpha / r per expert (5c), not alpha / r_total (5a)
         self.fused = params["forward"] == "fused"
         self.aux_weight = float(params.get("blc_weight", 0.0))
         self.blc_alpha = float(params.get("blc_alpha", 0.0))
         self.task_types: torch.Tensor | None = None  # LoRAMoE only; set by adapters.set_task_types
-        # One dropout module draws a fresh mask on every call, so the loop gets one mask per expert.
-        self.lora_dropout = make_dropout(float(params["dropout"]))
+        # Scaling alpha / r per expert (5c), not alpha / r_total (5a). The one dropout module draws a fresh mask on
+        # every call, so the loop gets one mask per expert.
+        self.init_adapter(base, params, self.r)
         e, r = self.num_experts, self.r
-        self.lora_A = nn.ModuleList(new_linear(base.in_features, r, base, "kaiming") for _ in range(e))
-        self.lora_B = nn.ModuleList(new_linear(r, base.out_features, base, "zeros") for _ in range(e))
+        self.lora_A = new_linears(e, base.in_features, r, base, "kaiming")
+        self.lora_B = new_linears(e, r, base.out_features, base, "zeros")
         self.lora_route = new_linear(base.in_features, e, base, "kaiming")
 
     def extra_repr(self) -> str:
@@ -62,15 +62,11 @@ class MoeLoraLayer(nn.Module, AdapterLayerMixin):
 
     def route(self, x: torch.Tensor) -> torch.Tensor:
         """Dense softmax routing weights in fp32, shape ``[..., E]``."""
-        return F.softmax(self.lora_route(x).float(), dim=-1)
+        return softmax_route(self.lora_route, x)
 
     def delta_reference(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        out = None
-        for i in range(self.num_experts):
-            y = self.lora_B[i](self.lora_A[i](self.lora_dropout(x))) * self.scaling
-            term = w[..., i : i + 1].to(y.dtype) * y
-            out = term if out is None else out + term
-        return out
+        experts = zip(self.lora_A, self.lora_B)
+        return mix_experts(w, (b(a(self.lora_dropout(x))) * self.scaling for a, b in experts))
 
     def delta_fused(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         a_cat = torch.cat([a.weight for a in self.lora_A], dim=0)  # [E*r, d_in]
@@ -118,16 +114,9 @@ def localized_balance_loss(w: torch.Tensor, task_types: torch.Tensor | None, del
 METHOD = MethodSpec(
     name="moelora",
     description="MoELoRA (dense token-routed mixture of independent LoRA experts, variant 5c) (routed)",
-    defaults={
-        "r": 32,
-        "num_experts": 4,
-        "alpha": 32,
-        "dropout": 0.05,
-        "target_modules": list(FFN_TARGETS),
-        "forward": "reference",
-    },
+    defaults=method_defaults({"r": 32, "num_experts": 4}, forward="reference"),
     routed=True,
     mergeable=False,
-    build_layer=lambda module, params: MoeLoraLayer(module, params),
+    build_layer=MoeLoraLayer,
     notes=["variant 5c (token-level dense), scaling alpha / r per expert"],
 )

@@ -11,15 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cme_bench.tuners.base import (
-    FFN_TARGETS,
-    AdapterLayerMixin,
-    MethodSpec,
-    add_delta,
-    describe,
-    make_dropout,
-    new_linear,
-)
+from cme_bench.tuners.base import AdapterLayerMixin, MethodSpec, add_delta, describe, method_defaults, new_linear
 
 
 class MosLoraLayer(nn.Module, AdapterLayerMixin):
@@ -29,11 +21,8 @@ class MosLoraLayer(nn.Module, AdapterLayerMixin):
 
     def __init__(self, base: nn.Linear, params: dict[str, Any]) -> None:
         super().__init__()
-        self.init_bookkeeping()
-        self.base_layer = base
         self.r = int(params["r"])
-        self.scaling = float(params["alpha"]) / self.r
-        self.lora_dropout = make_dropout(float(params["dropout"]))
+        self.init_adapter(base, params, self.r)
         self.lora_A = new_linear(base.in_features, self.r, base, "kaiming")
         self.lora_M = new_linear(self.r, self.r, base, "kaiming")
         self.lora_B = new_linear(self.r, base.out_features, base, "zeros")
@@ -54,8 +43,8 @@ class MosLoraLayer(nn.Module, AdapterLayerMixin):
 METHOD = MethodSpec(
     name="moslora",
     description="MoSLoRA: LoRA with a learnable r x r subspace mixer (mergeable)",
-    defaults={"r": 32, "alpha": 32, "dropout": 0.05, "target_modules": list(FFN_TARGETS)},
+    defaults=method_defaults({"r": 32}),
     routed=False,
     mergeable=True,
-    build_layer=lambda module, params: MosLoraLayer(module, params),
+    build_layer=MosLoraLayer,
 )

@@ -12,15 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cme_bench.tuners.base import (
-    FFN_TARGETS,
-    AdapterLayerMixin,
-    MethodSpec,
-    add_delta,
-    describe,
-    make_dropout,
-    new_linear,
-)
+from cme_bench.tuners.base import AdapterLayerMixin, MethodSpec, add_delta, describe, method_defaults, new_linears
 
 
 class MultiLoraLayer(nn.Module, AdapterLayerMixin):
@@ -30,14 +22,11 @@ class MultiLoraLayer(nn.Module, AdapterLayerMixin):
 
     def __init__(self, base: nn.Linear, params: dict[str, Any]) -> None:
         super().__init__()
-        self.init_bookkeeping()
-        self.base_layer = base
         self.r = int(params["r"])
         self.n = int(params["num_adapters"])
-        self.scaling = float(params["alpha"]) / self.r
-        self.lora_dropout = make_dropout(float(params["dropout"]))
-        self.lora_A = nn.ModuleList(new_linear(base.in_features, self.r, base, "kaiming") for _ in range(self.n))
-        self.lora_B = nn.ModuleList(new_linear(self.r, base.out_features, base, "kaiming") for _ in range(self.n))
+        self.init_adapter(base, params, self.r)
+        self.lora_A = new_linears(self.n, base.in_features, self.r, base, "kaiming")
+        self.lora_B = new_linears(self.n, self.r, base.out_features, base, "kaiming")
         dtype = self.lora_A[0].weight.dtype
         self.lora_scale = nn.Parameter(torch.zeros(self.n, base.out_features, device=base.weight.device, dtype=dtype))
 
@@ -61,8 +50,8 @@ class MultiLoraLayer(nn.Module, AdapterLayerMixin):
 METHOD = MethodSpec(
     name="multilora",
     description="MultiLoRA: n parallel LoRAs with learnable per-channel scales (mergeable)",
-    defaults={"r": 32, "num_adapters": 3, "alpha": 32, "dropout": 0.05, "target_modules": list(FFN_TARGETS)},
+    defaults=method_defaults({"r": 32, "num_adapters": 3}),
     routed=False,
     mergeable=True,
-    build_layer=lambda module, params: MultiLoraLayer(module, params),
+    build_layer=MultiLoraLayer,
 )

@@ -9,12 +9,13 @@ loss by PEFT's own forward, so ``adapters.aux_loss`` returns None for it (adding
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from cme_bench.errors import CmeError
-from cme_bench.tuners.base import FFN_TARGETS, MethodSpec
+from cme_bench.tuners.base import MethodSpec, check_not_above, method_defaults
 
-_COMMON = {"alpha": 32, "dropout": 0.05, "target_modules": list(FFN_TARGETS)}
+Check = Callable[[dict[str, Any]], list[str]]
 
 
 def peft_targets(targets: list[str]) -> list[str] | str:
@@ -60,36 +61,33 @@ def build_peft_config(method: str, params: dict[str, Any], total_steps: int | No
 
 
 def _check_adalora(p: dict[str, Any]) -> list[str]:
-    problems = []
-    if isinstance(p["init_r"], int) and isinstance(p["target_r"], int) and p["target_r"] > p["init_r"]:
-        problems.append(f"target_r ({p['target_r']}) must not exceed init_r ({p['init_r']})")
+    problems = check_not_above(p, "target_r", "init_r")
     if not isinstance(p["orth_reg_weight"], (int, float)) or p["orth_reg_weight"] <= 0:
         problems.append(f"orth_reg_weight must be > 0 (PEFT refuses <= 0), got {p['orth_reg_weight']!r}")
     return problems
 
 
-LORA = MethodSpec(
-    name="lora",
-    description="LoRA through PEFT (mergeable; vLLM-servable)",
-    defaults={"r": 32, "use_rslora": False, **_COMMON},
-    routed=False,
-    mergeable=True,
-    backend="peft",
-)
+def _peft_spec(name: str, description: str, first: dict[str, Any], check: Check | None = None) -> MethodSpec:
+    """A PEFT-backed method: never routed, always mergeable, built by PEFT (see ``build_peft_config``)."""
+    return MethodSpec(
+        name=name,
+        description=description,
+        defaults=method_defaults(first),
+        routed=False,
+        mergeable=True,
+        backend="peft",
+        check=check,
+    )
 
-DORA = MethodSpec(
-    name="dora",
-    description="DoRA through PEFT (use_dora; mergeable into full weights)",
-    defaults={"r": 32, "use_rslora": False, **_COMMON},
-    routed=False,
-    mergeable=True,
-    backend="peft",
-)
 
-ADALORA = MethodSpec(
-    name="adalora",
-    description="AdaLoRA through PEFT (SVD-style budgeted rank; needs total_steps and step_hook; mergeable)",
-    defaults={
+# LoRA and DoRA share PEFT's LoraConfig and its hyperparameters; DoRA only sets use_dora.
+LORA = _peft_spec("lora", "LoRA through PEFT (mergeable; vLLM-servable)", {"r": 32, "use_rslora": False})
+DORA = _peft_spec("dora", "DoRA through PEFT (use_dora; mergeable into full weights)", {"r": 32, "use_rslora": False})
+
+ADALORA = _peft_spec(
+    "adalora",
+    "AdaLoRA through PEFT (SVD-style budgeted rank; needs total_steps and step_hook; mergeable)",
+    {
         "init_r": 12,
         "target_r": 8,
         "tinit": 0,
@@ -98,10 +96,6 @@ ADALORA = MethodSpec(
         "beta1": 0.85,
         "beta2": 0.85,
         "orth_reg_weight": 0.5,
-        **_COMMON,
     },
-    routed=False,
-    mergeable=True,
-    backend="peft",
     check=_check_adalora,
 )

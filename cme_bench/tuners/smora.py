@@ -20,8 +20,8 @@ from cme_bench.tuners.base import (
     AdapterLayerMixin,
     MethodSpec,
     add_delta,
+    check_not_above,
     describe,
-    make_dropout,
     new_linear,
 )
 
@@ -33,13 +33,10 @@ class SmoraLayer(nn.Module, AdapterLayerMixin):
 
     def __init__(self, base: nn.Linear, params: dict[str, Any]) -> None:
         super().__init__()
-        self.init_bookkeeping()
-        self.base_layer = base
         self.r = int(params["r"])
         self.activate_r = int(params["activate_r"])
-        self.scaling = float(params["alpha"]) / self.activate_r  # alpha / activate_r, as in the release
         self.bias_update_rate = float(params["bias_update_rate"])
-        self.lora_dropout = make_dropout(float(params["dropout"]))
+        self.init_adapter(base, params, self.activate_r)  # scaling alpha / activate_r, as in the release
         self.lora_A = new_linear(base.in_features, self.r, base, "kaiming")
         self.lora_B = new_linear(self.r, base.out_features, base, "zeros")
         self.lora_router = new_linear(base.in_features, self.r, base, "kaiming")
@@ -71,9 +68,7 @@ class SmoraLayer(nn.Module, AdapterLayerMixin):
 
 
 def _check(p: dict[str, Any]) -> list[str]:
-    if isinstance(p["r"], int) and isinstance(p["activate_r"], int) and p["activate_r"] > p["r"]:
-        return [f"activate_r ({p['activate_r']}) must not exceed r ({p['r']})"]
-    return []
+    return check_not_above(p, "activate_r", "r")
 
 
 METHOD = MethodSpec(
@@ -89,6 +84,6 @@ METHOD = MethodSpec(
     },
     routed=True,
     mergeable=False,
-    build_layer=lambda module, params: SmoraLayer(module, params),
+    build_layer=SmoraLayer,
     check=_check,
 )

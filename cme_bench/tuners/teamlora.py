@@ -30,13 +30,12 @@ from torch import nn
 
 from cme_bench.errors import CmeError
 from cme_bench.tuners.base import (
-    FFN_TARGETS,
     AdapterLayerMixin,
     MethodSpec,
     adapter_dtype,
     add_delta,
     describe,
-    make_dropout,
+    method_defaults,
     new_linear,
 )
 
@@ -48,16 +47,13 @@ class TeamLoraLayer(nn.Module, AdapterLayerMixin):
 
     def __init__(self, base: nn.Linear, params: dict[str, Any]) -> None:
         super().__init__()
-        self.init_bookkeeping()
-        self.base_layer = base
         self.k = int(params["num_experts"])
         self.r_a = int(params["r_a"])
         self.r_b = self.r_a // self.k
-        self.scaling = float(params["alpha"]) / self.r_b  # alpha / r_B: the per-expert rank, as released
         self.fused = params["forward"] == "fused"
         self.normalizer_eps = params["normalizer_eps"]
         self.aux_weight = float(params["balance_loss_weight"])
-        self.lora_dropout = make_dropout(float(params["dropout"]))
+        self.init_adapter(base, params, self.r_b)  # scaling alpha / r_B: the per-expert rank, as released
         self.lora_A = new_linear(base.in_features, self.r_a, base, "kaiming")
         self.lora_B = new_linear(self.r_a, base.out_features, base, "zeros")
         self.lora_route = new_linear(base.in_features, self.k, base, "kaiming")
@@ -170,19 +166,12 @@ def _check(p: dict[str, Any]) -> list[str]:
 METHOD = MethodSpec(
     name="teamlora",
     description="TeamLoRA: shared A (r_a), k sliced B experts, Shapley router + interaction matrix (routed)",
-    defaults={
-        "r_a": 128,
-        "num_experts": 4,
-        "alpha": 32,
-        "dropout": 0.05,
-        "target_modules": list(FFN_TARGETS),
-        "balance_loss_weight": 0.0,
-        "forward": "fused",
-        "normalizer_eps": None,
-    },
+    defaults=method_defaults(
+        {"r_a": 128, "num_experts": 4}, balance_loss_weight=0.0, forward="fused", normalizer_eps=None
+    ),
     routed=True,
     mergeable=False,
-    build_layer=lambda module, params: TeamLoraLayer(module, params),
+    build_layer=TeamLoraLayer,
     aux_weight_key="balance_loss_weight",
     check=_check,
     notes=[

