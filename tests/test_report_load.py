@@ -119,3 +119,21 @@ def test_profile_rows_match_by_label_and_by_unique_preset(tmp_path):
     assert profiles[("m", "teamlora-fused")] == {"train_step_ms_median": 10.0}  # no "rank", no nested dict
     assert ("m", "teamlora") not in profiles
     assert profiles[("m", "lora")] == profiles[("m", "lora-r8")] == {"train_step_ms_median": 5.0}
+
+
+def test_a_row_labelled_exactly_like_a_preset_wins_over_other_rows_of_that_preset(tmp_path):
+    """An --experts sweep has `teamlora` (k=4) plus `teamlora-k2`/`-k8` rows of the same preset: the label wins."""
+    rows = [
+        {"model": "m", "adapter": "teamlora", "preset": "teamlora", "method": "teamlora", "train_step_ms_median": 4.0},
+        {
+            "model": "m",
+            "adapter": "teamlora-k2",
+            "preset": "teamlora",
+            "method": "teamlora",
+            "train_step_ms_median": 2.0,
+        },
+    ]
+    (tmp_path / "profile.json").write_text(json.dumps({"rows": rows}))
+    profiles = load_profiles(tmp_path)
+    assert profiles[("m", "teamlora")] == {"train_step_ms_median": 4.0}
+    assert profiles[("m", "teamlora-k2")] == {"train_step_ms_median": 2.0}

@@ -221,8 +221,8 @@ def load_profiles(results: Path) -> dict[tuple[str, str], dict[str, float]]:
 
     Accepted shapes (kept loose on purpose, the profiler of issue 8 owns the format): a list of rows, or an object
     with a ``rows`` list. A row has ``model`` and ``adapter`` (its label) and optionally ``preset``/``method``; it is
-    found under its label, and under its preset or method where exactly one row has that preset or method (a preset
-    profiled in several forms or ranks is ambiguous, so only its labels match).
+    found under its label (an exact label always wins), and under its preset or method where exactly one row has that
+    preset or method (a preset profiled in several forms or ranks is ambiguous, so only its labels match).
     """
     rows: list[Mapping[str, Any]] = []
     for path in sorted(results.rglob("profile*.json")):
@@ -243,7 +243,10 @@ def load_profiles(results: Path) -> dict[tuple[str, str], dict[str, float]]:
             keyed.setdefault((str(row["model"]), str(name)), []).append(row)
     out: dict[tuple[str, str], dict[str, float]] = {}
     for key, matches in keyed.items():
-        if len(matches) == 1 or all(m.get("adapter") == key[1] for m in matches):
-            costs = {str(k): float(v) for k, v in matches[-1].items() if _number(v) is not None}
+        exact = [m for m in matches if m.get("adapter") == key[1]]
+        # A row whose own label is the key wins; otherwise the preset/method name must be unambiguous.
+        chosen = exact or (matches if len(matches) == 1 else [])
+        if chosen:
+            costs = {str(k): float(v) for k, v in chosen[-1].items() if _number(v) is not None}
             out[key] = {k: v for k, v in costs.items() if k not in PROFILE_SHAPE_FIELDS}
     return out
