@@ -137,6 +137,26 @@ def _sample_rows(samples: list[dict[str, Any]], metric: str, filter_key: str) ->
     return rows
 
 
+def task_result(out: dict[str, Any], task: str, primary: str | None, started: float) -> TaskResult:
+    """One task's summary and per-sample rows from a ``simple_evaluate`` output (shared with the vLLM backend)."""
+    task_results = out["results"].get(task)
+    if task_results is None:
+        raise CmeError(f"lm-eval returned no results for {task!r}")
+    key, metric = _pick_metric(task_results, primary)
+    filter_key = key.split(",", 1)[1]
+    stderr = task_results.get(f"{metric}_stderr,{filter_key}")
+    rows = _sample_rows(out["samples"].get(task, []), metric, filter_key)
+    return TaskResult(
+        task=task,
+        metric=metric,
+        value=float(task_results[key]),
+        stderr=float(stderr) if isinstance(stderr, (int, float)) else None,
+        n=len(rows),
+        seconds=round(time.perf_counter() - started, 3),
+        samples=rows,
+    )
+
+
 def evaluate(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -187,25 +207,12 @@ def evaluate(
             continue
         for key in merged:
             merged[key].update(out.get(key, {}))
-        task_results = out["results"][current]
-        key, metric = _pick_metric(task_results, primary_metric(current) if primary_metric else None)
-        filter_key = key.split(",", 1)[1]
-        stderr = task_results.get(f"{metric}_stderr,{filter_key}")
-        rows = _sample_rows(out["samples"].get(current, []), metric, filter_key)
-        result = TaskResult(
-            task=current,
-            metric=metric,
-            value=float(task_results[key]),
-            stderr=float(stderr) if isinstance(stderr, (int, float)) else None,
-            n=len(rows),
-            seconds=round(time.perf_counter() - t0, 3),
-            samples=rows,
-        )
+        result = task_result(out, current, primary_metric(current) if primary_metric else None, t0)
         results[current] = result
         if on_task_done:
             on_task_done(result)
         bar.update(1)
-        bar.set_postfix_str(f"{current}: {metric}={result.value:.3f}")
-        log.info("%s: %s = %.4f (n=%d, %.1fs)", current, metric, result.value, result.n, result.seconds)
+        bar.set_postfix_str(f"{current}: {result.metric}={result.value:.3f}")
+        log.info("%s: %s = %.4f (n=%d, %.1fs)", current, result.metric, result.value, result.n, result.seconds)
     bar.close()
     return EvalOutput(tasks=results, lm_eval=merged, seconds=round(time.perf_counter() - t_all, 3))

@@ -18,9 +18,6 @@ import hashlib
 import importlib.util
 import json
 import logging
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +38,7 @@ from transformers import (
 from cme_bench.errors import CmeError
 from cme_bench.paths import cache_dir
 from cme_bench.registry import suggest
+from cme_bench.results import write_dir_atomic
 
 log = logging.getLogger(__name__)
 
@@ -179,22 +177,16 @@ def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[PreTrainedModel, Any]:
 
 def save_model_folder(model: PreTrainedModel, tokenizer: Any, out: Path) -> Path:
     """Save a model and tokenizer as a safetensors folder, atomically (temporary folder, then rename)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+
+    def build(tmp: Path) -> None:
         # A GGUF-loaded model carries a quantizer that refuses to save; the weights are already dequantised.
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out
+
+    return write_dir_atomic(out, build)
 
 
 def _smollm2_folder() -> Path:

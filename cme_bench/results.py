@@ -14,9 +14,11 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import tempfile
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +78,22 @@ def write_text_atomic(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_dir_atomic(out: Path, build: Callable[[Path], Any]) -> Path:
+    """Fill a folder with ``build(tmp)`` in a temporary sibling, then swap it in: readers never see half a folder."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        build(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

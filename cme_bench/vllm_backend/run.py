@@ -14,8 +14,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from cme_bench.errors import CmeError
-
 log = logging.getLogger(__name__)
 
 
@@ -50,7 +48,7 @@ def evaluate_run(
     adapter merged into the base (faster on CPU; see ``serving.plan``).
     """
     from cme_bench import taskreg
-    from cme_bench.evaluate import EvalOutput, TaskResult, _pick_metric, _sample_rows
+    from cme_bench.evaluate import EvalOutput, task_result
     from cme_bench.vllm_backend import plan
     from cme_bench.vllm_backend.engine import Engine
 
@@ -82,24 +80,9 @@ def evaluate_run(
             for key in merged:
                 merged[key].update(out.get(key, {}))
             merged.setdefault("config", out.get("config", {}))
-            task_results = out["results"].get(task)
-            if task_results is None:
-                raise CmeError(f"lm-eval returned no results for {task!r}")
-            key, metric = _pick_metric(task_results, primary_metric(task))
-            filter_key = key.split(",", 1)[1]
-            stderr = task_results.get(f"{metric}_stderr,{filter_key}")
-            rows = _sample_rows(out["samples"].get(task, []), metric, filter_key)
-            result = TaskResult(
-                task=task,
-                metric=metric,
-                value=float(task_results[key]),
-                stderr=float(stderr) if isinstance(stderr, (int, float)) else None,
-                n=len(rows),
-                seconds=round(time.perf_counter() - t0, 3),
-                samples=rows,
-            )
+            result = task_result(out, task, primary_metric(task), t0)
             results[task] = result
             if on_task_done:
                 on_task_done(result)
-            log.info("%s (vLLM): %s = %.4f (n=%d, %.1fs)", task, metric, result.value, result.n, result.seconds)
+            log.info("%s (vLLM): %s = %.4f (n=%d, %.1fs)", task, result.metric, result.value, result.n, result.seconds)
     return EvalOutput(tasks=results, lm_eval=merged, seconds=round(time.perf_counter() - t_all, 3))

@@ -18,9 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -29,6 +26,7 @@ import torch
 
 from cme_bench.errors import CmeError
 from cme_bench.paths import cache_dir
+from cme_bench.results import write_dir_atomic
 from cme_bench.vllm_backend.routed import ADAPTER_CONFIG, ADAPTER_WEIGHTS, ROUTED_METHODS, read_adapter_config
 
 log = logging.getLogger(__name__)
@@ -118,7 +116,7 @@ def plan(model_dir: str | Path, adapter_dir: str | Path | None, *, lora_serving:
         # The TeamLoRA authors' checkpoint layout: re-saved once in ours (same tensors, keys renamed).
         out = cache_dir() / "vllm" / "native" / f"teamlora-authors-{_digest(adapter_dir)}"
         if not (out / ADAPTER_WEIGHTS).is_file():
-            _atomic_dir(out, lambda tmp: import_teamlora_authors(adapter_dir, cfg, tmp))
+            write_dir_atomic(out, lambda tmp: import_teamlora_authors(adapter_dir, cfg, tmp))
         adapter_dir, cfg = out, read_adapter_config(out)
     method = adapter_method(cfg)
     if method in ROUTED_METHODS:
@@ -141,7 +139,7 @@ def plan(model_dir: str | Path, adapter_dir: str | Path | None, *, lora_serving:
     if method in CONVERTIBLE:
         out = cache_dir() / "vllm" / "lora" / f"{method}-{_digest(adapter_dir)}"
         if not (out / ADAPTER_WEIGHTS).is_file():
-            _atomic_dir(out, lambda tmp: convert_to_lora(adapter_dir, tmp))
+            write_dir_atomic(out, lambda tmp: convert_to_lora(adapter_dir, tmp))
         rank = _peft_rank(json.loads((out / ADAPTER_CONFIG).read_text()))
         note = f"{method} converted exactly to a rank-{rank} LoRA"
         return ServingPlan("lora", model_dir, adapter_dir, method, out, rank, note=note)
@@ -153,7 +151,7 @@ def plan(model_dir: str | Path, adapter_dir: str | Path | None, *, lora_serving:
 def _merged_plan(model_dir: Path, adapter_dir: Path, method: str) -> ServingPlan:
     out = cache_dir() / "vllm" / "merged" / f"{method}-{_digest(adapter_dir)}-{_digest_model(model_dir)}"
     if not (out / "config.json").is_file():
-        _atomic_dir(out, lambda tmp: merge_into_base(model_dir, adapter_dir, tmp))
+        write_dir_atomic(out, lambda tmp: merge_into_base(model_dir, adapter_dir, tmp))
     return ServingPlan("merged", out, adapter_dir, method, note=f"{method} merged into the base weights")
 
 
@@ -209,19 +207,6 @@ def _check_plain_lora(cfg: dict[str, Any], folder: Path) -> None:
         problems.append(f"bias={cfg['bias']!r} (vLLM supports 'none' only)")
     if problems:
         raise CmeError(f"LoRA adapter {folder} cannot be served by vLLM: " + "; ".join(problems))
-
-
-def _atomic_dir(out: Path, build) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        build(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------------------------
