@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import random
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +30,7 @@ from typing import Any
 
 from cme_bench import taskreg
 from cme_bench.errors import CmeError, ConfigError
+from cme_bench.results import write_jsonl_atomic
 
 MIXING = ("size", "fixed", "temperature")
 INSTRUCTION_KEYS = ("instruction", "input", "output")
@@ -227,16 +226,5 @@ def mixture_summary(examples: Iterable[Mapping[str, str]]) -> dict[str, int]:
 def write_jsonl(examples: Iterable[Mapping[str, Any]], path: str | Path) -> Path:
     """Write one JSON object per line, atomically (temporary file in the same folder, then ``os.replace``)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for ex in examples:
-                fh.write(json.dumps(ex, ensure_ascii=False) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_jsonl_atomic(path, [dict(ex) for ex in examples])
     return path

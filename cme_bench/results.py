@@ -64,17 +64,25 @@ def _fsync_replace(tmp: str, path: Path) -> None:
             os.close(fd)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that a crash leaves either the old file or the new one."""
+def write_text_atomic(path: Path, text: str, *, fsync: bool = True) -> None:
+    """Write ``text`` to ``path`` so that a crash leaves either the old file or the new one.
+
+    ``fsync=False`` keeps the rename (readers never see half a file) but skips the flush to disk, for files that can
+    be regenerated and are written by the hundred, such as report pages.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        _fsync_replace(tmp, path)
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
+        if fsync:
+            _fsync_replace(tmp, path)
+        else:
+            os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

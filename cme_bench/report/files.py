@@ -4,18 +4,10 @@ never sees half a page. No fsync: every report file can be regenerated, and a si
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
+
+from cme_bench.results import write_text_atomic
 
 
 def write_text_replace(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, text, fsync=False)
