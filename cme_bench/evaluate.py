@@ -137,6 +137,18 @@ def _sample_rows(samples: list[dict[str, Any]], metric: str, filter_key: str) ->
     return rows
 
 
+def simple_evaluate_kwargs(seed: int) -> dict[str, Any]:
+    """The lm-eval settings every cme-bench evaluation shares, whatever the backend: one seed, samples logged."""
+    return {
+        "log_samples": True,
+        "random_seed": seed,
+        "numpy_random_seed": seed,
+        "torch_random_seed": seed,
+        "fewshot_random_seed": seed,
+        "bootstrap_iters": 1000,
+    }
+
+
 def task_result(out: dict[str, Any], task: str, primary: str | None, started: float) -> TaskResult:
     """One task's summary and per-sample rows from a ``simple_evaluate`` output (shared with the vLLM backend)."""
     task_results = out["results"].get(task)
@@ -195,13 +207,8 @@ def evaluate(
             model=lm,
             tasks=[current],
             limit=limit,
-            log_samples=True,
             task_manager=manager,
-            random_seed=seed,
-            numpy_random_seed=seed,
-            torch_random_seed=seed,
-            fewshot_random_seed=seed,
-            bootstrap_iters=1000,
+            **simple_evaluate_kwargs(seed),
         )
         if out is None:  # non-zero ranks under distributed evaluation
             continue

@@ -48,7 +48,7 @@ def evaluate_run(
     adapter merged into the base (faster on CPU; see ``serving.plan``).
     """
     from cme_bench import taskreg
-    from cme_bench.evaluate import EvalOutput, task_result
+    from cme_bench.evaluate import EvalOutput, simple_evaluate_kwargs, task_result
     from cme_bench.vllm_backend import plan
     from cme_bench.vllm_backend.engine import Engine
 
@@ -70,12 +70,7 @@ def evaluate_run(
                 [task],
                 limit=limit,
                 include_path=include,
-                log_samples=True,
-                random_seed=seed,
-                numpy_random_seed=seed,
-                torch_random_seed=seed,
-                fewshot_random_seed=seed,
-                bootstrap_iters=1000,
+                **simple_evaluate_kwargs(seed),
             )
             for key in merged:
                 merged[key].update(out.get(key, {}))
