@@ -17,6 +17,7 @@ Implementation notes:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -75,25 +76,48 @@ class MixLoraBlock(nn.Module, AdapterLayerMixin):
         flat = x.reshape(-1, shape[-1])
         xa = flat.to(self.lora_route.weight.dtype)
         probs, top_w, top_i = self.route(xa)
-        base_gate, base_up = mlp.gate_proj(flat), mlp.up_proj(flat)
-        hidden_sum = torch.zeros_like(base_up)
-        delta = torch.zeros(flat.shape[0], mlp.down_proj.out_features, dtype=xa.dtype, device=x.device)
-        for e in range(self.num_experts):
-            rows, slot = (top_i == e).nonzero(as_tuple=True)
-            if rows.numel() == 0:
-                continue
-            xe = xa[rows]
-            gate = base_gate[rows] + self.lora("gate", e, xe).to(base_gate.dtype)
-            up = base_up[rows] + self.lora("up", e, xe).to(base_up.dtype)
-            h = mlp.act_fn(gate) * up
-            g = top_w[rows, slot].unsqueeze(-1)
-            hidden_sum = hidden_sum.index_add(0, rows, (g * h).to(hidden_sum.dtype))
-            delta = delta.index_add(0, rows, g.to(delta.dtype) * self.lora("down", e, h.to(xa.dtype)))
+        hidden_sum, delta = mix_experts_ffn(
+            xa, top_w, top_i, mlp.gate_proj(flat), mlp.up_proj(flat), self.lora, mlp.act_fn,
+            self.num_experts, mlp.down_proj.out_features,
+        )  # fmt: skip
         out = mlp.down_proj(hidden_sum) + delta.to(hidden_sum.dtype)
         self.last_aux = switch_balance_loss(probs, top_i, self.num_experts)
         dense = torch.zeros_like(probs).scatter(-1, top_i, top_w)
         self.record_load(dense)
         return out.reshape(*shape[:-1], out.shape[-1])
+
+
+def mix_experts_ffn(
+    xa: torch.Tensor,
+    top_w: torch.Tensor,
+    top_i: torch.Tensor,
+    base_gate: torch.Tensor,
+    base_up: torch.Tensor,
+    lora: Callable[[str, int, torch.Tensor], torch.Tensor],
+    act: Callable[[torch.Tensor], torch.Tensor],
+    num_experts: int,
+    hidden: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """MixLoRA's top-k expert loop over one FFN block, shared by the layer and the vLLM model.
+
+    Each token's selected experts run ``act(gate + dgate) * (up + dup)``; returns the gate-weighted sum of those
+    hidden states (the frozen down projection is applied once to it, exact by linearity) and the weighted sum of the
+    experts' down-projection LoRA deltas.
+    """
+    hidden_sum = torch.zeros_like(base_up)
+    delta = torch.zeros(xa.shape[0], hidden, dtype=xa.dtype, device=xa.device)
+    for e in range(num_experts):
+        rows, slot = (top_i == e).nonzero(as_tuple=True)
+        if rows.numel() == 0:
+            continue
+        xe = xa[rows]
+        gate = base_gate[rows] + lora("gate", e, xe).to(base_gate.dtype)
+        up = base_up[rows] + lora("up", e, xe).to(base_up.dtype)
+        h = act(gate) * up
+        g = top_w[rows, slot].unsqueeze(-1)
+        hidden_sum = hidden_sum.index_add(0, rows, (g * h).to(hidden_sum.dtype))
+        delta = delta.index_add(0, rows, g.to(delta.dtype) * lora("down", e, h.to(xa.dtype)))
+    return hidden_sum, delta
 
 
 def switch_balance_loss(probs: torch.Tensor, top_i: torch.Tensor, num_experts: int) -> torch.Tensor:

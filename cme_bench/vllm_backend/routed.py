@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cme_bench.errors import CmeError
+from cme_bench.tuners.mixlora import mix_experts_ffn
 
 ROUTED_METHODS = ("teamlora", "moelora", "loramoe", "hydralora", "smora", "mixlora")
 # Methods whose update is a per-linear delta (``RoutedDelta``); MixLoRA mixes whole FFN blocks (``MixLoraFFN``).
@@ -328,17 +329,7 @@ class MixLoraFFN(nn.Module):
         top_w, top_i = probs.topk(self.top_k, dim=-1)
         top_w = top_w / top_w.sum(dim=-1, keepdim=True)
         base_gate, base_up = gate_up[..., : self.inter], gate_up[..., self.inter :]
-        hidden_sum = torch.zeros_like(base_up)
-        delta = torch.zeros(x.shape[0], self.hidden, dtype=xa.dtype, device=x.device)
-        for e in range(self.num_experts):
-            rows, slot = (top_i == e).nonzero(as_tuple=True)
-            if rows.numel() == 0:
-                continue
-            xe = xa[rows]
-            gate = base_gate[rows] + self._lora("gate", e, xe).to(base_gate.dtype)
-            up = base_up[rows] + self._lora("up", e, xe).to(base_up.dtype)
-            h = F.silu(gate) * up
-            g = top_w[rows, slot].unsqueeze(-1)
-            hidden_sum = hidden_sum.index_add(0, rows, (g * h).to(hidden_sum.dtype))
-            delta = delta.index_add(0, rows, g.to(delta.dtype) * self._lora("down", e, h.to(xa.dtype)))
+        hidden_sum, delta = mix_experts_ffn(
+            xa, top_w, top_i, base_gate, base_up, self._lora, F.silu, self.num_experts, self.hidden
+        )
         return down(hidden_sum) + delta.to(hidden_sum.dtype)
