@@ -85,38 +85,35 @@ def load_routed_adapter(path: str | Path) -> RoutedAdapter:
     return RoutedAdapter(path, method, dict(cfg.get("params") or {}), list(cfg.get("target_modules") or []))
 
 
-def group_by_module(tensors: Mapping[str, torch.Tensor]) -> dict[tuple[int, str, str], dict[str, torch.Tensor]]:
-    """``{(layer, "mlp"|"self_attn", "gate_proj"): {"lora_A.weight": t, ...}}``; any other key is an error.
+def _group(tensors: Mapping[str, torch.Tensor], pattern: re.Pattern[str], where: str) -> dict[Any, dict[str, Any]]:
+    """Tensors grouped by the leading match groups of ``pattern``, keyed inside by the last; unknown keys fail.
 
     An unrecognised key means the adapter would be served only partly, which is the silent failure we exist to avoid.
     """
-    out: dict[tuple[int, str, str], dict[str, torch.Tensor]] = {}
+    out: dict[Any, dict[str, torch.Tensor]] = {}
     unknown = []
     for key, value in tensors.items():
-        m = _KEY.search(key)
+        m = pattern.search(key)
         if m is None:
             unknown.append(key)
             continue
-        out.setdefault((int(m.group(1)), m.group(2), m.group(3)), {})[m.group(4)] = value
+        *outer, inner = m.groups()
+        group = (int(outer[0]), *outer[1:]) if len(outer) > 1 else int(outer[0])
+        out.setdefault(group, {})[inner] = value
     if unknown:
         shown = ", ".join(unknown[:5]) + (f" (+{len(unknown) - 5} more)" if len(unknown) > 5 else "")
-        raise CmeError(f"adapter tensors outside decoder-layer projections cannot be served by vLLM: {shown}")
+        raise CmeError(f"adapter tensors outside {where} cannot be served by vLLM: {shown}")
     return out
+
+
+def group_by_module(tensors: Mapping[str, torch.Tensor]) -> dict[tuple[int, str, str], dict[str, torch.Tensor]]:
+    """``{(layer, "mlp"|"self_attn", "gate_proj"): {"lora_A.weight": t, ...}}``; any other key is an error."""
+    return _group(tensors, _KEY, "decoder-layer projections")
 
 
 def group_by_block(tensors: Mapping[str, torch.Tensor]) -> dict[int, dict[str, torch.Tensor]]:
     """``{layer: {"lora_gate_A.0.weight": t, ..., "lora_route.weight": t}}`` for FFN-block adapters (MixLoRA)."""
-    out: dict[int, dict[str, torch.Tensor]] = {}
-    unknown = []
-    for key, value in tensors.items():
-        m = _BLOCK_KEY.search(key)
-        if m is None:
-            unknown.append(key)
-            continue
-        out.setdefault(int(m.group(1)), {})[m.group(2)] = value
-    if unknown:
-        raise CmeError(f"adapter tensors outside decoder-layer FFN blocks cannot be served by vLLM: {unknown[:5]}")
-    return out
+    return _group(tensors, _BLOCK_KEY, "decoder-layer FFN blocks")
 
 
 def _stack(leaves: Mapping[str, torch.Tensor], stem: str, dim: int) -> torch.Tensor:
