@@ -578,6 +578,26 @@ def check_targets(ratios: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def add_vllm_figures(doc: dict[str, Any], figures: dict[str, dict[str, Any] | None]) -> None:
+    """Merge ``vllm_backend.timing`` figures into ``doc``'s rows and add vLLM decode ratios to its ratio rows.
+
+    vLLM serves routed adapters with their fused math whatever the ``forward`` form, so the vLLM ratios compare
+    with MoELoRA's fused row (the reference row's HF figures stay the HF baseline).
+    """
+    rows = doc["rows"]
+    for r in rows:
+        r.update(figures.get(r["adapter"]) or {})
+    for item in doc["ratios"]:
+        r = _find(rows, adapter=item["adapter"])
+        if r is None:
+            continue
+        moe = _find(rows, method="moelora", experts=r["experts"], rank=r["rank"], form="fused")
+        lora = _find([x for x in rows if x["method"] == "lora"], total_rank=r["total_rank"])
+        item["vllm_decode_x_moelora"] = _ratio(r, moe, "vllm_decode_ms_per_token")
+        item["vllm_decode_x_lora_same_rank"] = _ratio(r, lora, "vllm_decode_ms_per_token")
+    doc["settings"]["vllm"] = True
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Peak memory in a child process
 

@@ -1,8 +1,10 @@
 """Run orchestration: train + evaluate + record one run, evaluate a base or saved adapter, and sweep adapters.
 
 Every stage updates ``results/<run-id>/run.json`` atomically, so a crash leaves a record that says how far the run
-got (``status: running``, or ``failed``/``cancelled`` with the error). A failure inside a sweep is recorded and the
-sweep goes on; the caller learns from the returned statuses which runs failed.
+got (``status: running``, or ``failed``/``cancelled`` with the error); ``--resume`` continues from the last
+checkpoint, or, when the adapter was already saved, evaluates it without training again. A failure inside a sweep is
+recorded and the sweep goes on; the caller learns from the returned statuses which runs failed. A ``--backend vllm``
+sweep trains every adapter first and then evaluates them on shared engines (``_sweep_vllm``).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import logging
 import os
 import random
 import shutil
+import signal
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -26,6 +29,8 @@ from cme_bench.models import LoadedModel, architecture_info, load_model
 from cme_bench.train import TrainConfig, total_steps, train
 
 log = logging.getLogger(__name__)
+# Fault injection for the resume-during-evaluation test: SIGKILL this process after recording that many tasks.
+KILL_AFTER_TASK_ENV = "CME_BENCH_KILL_AFTER_TASK"
 
 
 class RunRecord:
@@ -55,6 +60,9 @@ class RunRecord:
         }
         self.data["samples"][result.task] = rel
         self.save()
+        kill_after = int(os.environ.get(KILL_AFTER_TASK_ENV, "0") or 0)
+        if kill_after and len(self.data["metrics"]) >= kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _open_record(cfg: RunConfig, run_id: str, name: str) -> RunRecord:
@@ -133,8 +141,19 @@ def _train_config(cfg: RunConfig) -> TrainConfig:
     )
 
 
-def _evaluate(cfg: RunConfig, record: RunRecord, model, tokenizer, tasks: list[str], adapter_dir: Path | None):
-    """Evaluate with the chosen backend and store the results in the record."""
+def _evaluate(
+    cfg: RunConfig,
+    record: RunRecord,
+    model,
+    tokenizer,
+    tasks: list[str],
+    adapter_dir: Path | None,
+    vllm_engine=None,
+):
+    """Evaluate with the chosen backend and store the results in the record.
+
+    ``vllm_engine``: an engine already serving this adapter (a sweep's shared engine); otherwise one is started.
+    """
     include = [Path(p) for p in cfg.include_path]
     t0 = time.perf_counter()
     if cfg.backend == "vllm":
@@ -150,6 +169,7 @@ def _evaluate(cfg: RunConfig, record: RunRecord, model, tokenizer, tasks: list[s
             seed=cfg.seed,
             primary_metric=lambda t: taskreg.task_info(t, include).primary_metric,
             on_task_done=record.add_task,
+            engine=vllm_engine,
         )
     else:
         out = evaluate(
@@ -171,6 +191,8 @@ def _evaluate(cfg: RunConfig, record: RunRecord, model, tokenizer, tasks: list[s
         "seconds": round(time.perf_counter() - t0, 3),
         "lm_eval": {k: lm.get(k) for k in ("results", "versions", "n-samples", "higher_is_better", "configs")},
     }
+    if cfg.backend == "vllm":  # how vLLM served the adapter: base, lora (by request), merged or routed
+        record.data["evaluation"]["vllm"] = (lm.get("config") or {}).get("vllm")
 
 
 def _costs(result, model, tokenizer) -> dict[str, Any]:
@@ -189,8 +211,8 @@ def _finish(record: RunRecord, status: str, exc: BaseException | None = None) ->
     record.update(status=status, error=results.error_info(exc) if exc else None, finished_at=results.now())
 
 
-def _guarded(record: RunRecord, body) -> dict[str, Any]:
-    """Run ``body()``; whatever happens, the record ends as success, failed or cancelled."""
+def _guarded(record: RunRecord, body, *, finish: bool = True) -> dict[str, Any]:
+    """Run ``body()``; if it raises, the record ends as failed or cancelled, else as success (when ``finish``)."""
     try:
         body()
     except KeyboardInterrupt as exc:
@@ -199,7 +221,8 @@ def _guarded(record: RunRecord, body) -> dict[str, Any]:
     except Exception as exc:
         _finish(record, "failed", exc)
         raise
-    _finish(record, "success")
+    if finish:
+        _finish(record, "success")
     return record.data
 
 
@@ -207,10 +230,16 @@ def _guarded(record: RunRecord, body) -> dict[str, Any]:
 # Public entry points
 
 
-def run(cfg: RunConfig, *, do_eval: bool = True) -> dict[str, Any]:
-    """Fine-tune ``cfg.adapter`` on the suite's training mixture, then (``do_eval``) evaluate it on the suite."""
+def run(cfg: RunConfig, *, do_eval: bool = True, evaluate_later: bool = False, vllm_engine=None) -> dict[str, Any]:
+    """Fine-tune ``cfg.adapter`` on the suite's training mixture, then (``do_eval``) evaluate it on the suite.
+
+    With ``cfg.resume``, a run whose adapter was already trained and saved (the record has ``training`` and
+    ``adapter/`` exists: it was interrupted during evaluation) is not trained again. ``evaluate_later`` stops after
+    training and leaves the record ``running`` (a vLLM sweep evaluates all its adapters afterwards, on shared engines,
+    by calling ``run`` again with ``resume``). ``vllm_engine``: see ``_evaluate``.
+    """
     if cfg.adapter == NO_ADAPTER:
-        return evaluate_base_or_adapter(cfg, adapter_path=None)
+        return evaluate_base_or_adapter(cfg, adapter_path=None, vllm_engine=vllm_engine)
     run_id = cfg.run_id(None if do_eval else "train")
     if (done := _finished(cfg, run_id)) is not None:
         return done
@@ -218,30 +247,48 @@ def run(cfg: RunConfig, *, do_eval: bool = True) -> dict[str, Any]:
     record = _open_record(cfg, run_id, cfg.name or preset.name)
 
     def body() -> None:
-        loaded, base_info = _load_base(cfg, record)
         tasks = _tasks(cfg)
-        train_records = _training_records(cfg, tasks)
-        base_logits = probe_logits(loaded.model, loaded.tokenizer)
-        tcfg = _train_config(cfg)
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        _seed_everything(cfg.seed)  # adapter initialisation does not depend on what loading consumed
-        model = adapters.apply_adapter(
-            loaded.model, preset, total_steps=total_steps(len(train_records), tcfg, world), seed=cfg.seed
-        )
-        record.update(adapter=_adapter_summary(model, preset=preset.name, path="adapter"))
-        result = train(model, loaded.tokenizer, train_records, tcfg, out_dir=record.dir, resume=cfg.resume)
-        if not cfg.is_main_process():
-            return
-        adapter_dir = adapters.save_adapter(model, record.dir / "adapter", base_info=base_info)
-        shutil.rmtree(record.dir / "checkpoints", ignore_errors=True)  # the saved adapter supersedes them
-        # Expert load averaged over every training forward (not just the last batch).
-        record.update(training={**result.to_dict(), "expert_load": adapters.expert_load(model, cumulative=True)})
-        check_adapter_applied(base_logits, model, loaded.tokenizer)
-        record.update(costs=_costs(result, model, loaded.tokenizer))
+        adapter_dir = record.dir / "adapter"
+        if cfg.resume and record.data.get("training") and (adapter_dir / "adapter_config.json").is_file():
+            log.info("%s: adapter already trained (%s); evaluating only", run_id, adapter_dir)
+            if evaluate_later:
+                return
+            model = tokenizer = None
+            if cfg.backend != "vllm":  # vLLM serves the saved folder; HF needs the model in memory
+                loaded = load_model(cfg.model, trust_remote_code=cfg.trust_remote_code)
+                model, tokenizer = adapters.load_adapter(loaded.model, adapter_dir), loaded.tokenizer
+        else:
+            model, tokenizer = _train(cfg, record, preset, tasks)
+            if model is None or evaluate_later:
+                return
         if do_eval:
-            _evaluate(cfg, record, model, loaded.tokenizer, tasks, adapter_dir)
+            _evaluate(cfg, record, model, tokenizer, tasks, adapter_dir, vllm_engine)
 
-    return _guarded(record, body)
+    return _guarded(record, body, finish=not evaluate_later)
+
+
+def _train(cfg: RunConfig, record: RunRecord, preset, tasks: list[str]):
+    """Train, save ``adapter/``, record training and costs; ``(model, tokenizer)``, ``(None, None)`` off rank 0."""
+    loaded, base_info = _load_base(cfg, record)
+    train_records = _training_records(cfg, tasks)
+    base_logits = probe_logits(loaded.model, loaded.tokenizer)
+    tcfg = _train_config(cfg)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    _seed_everything(cfg.seed)  # adapter initialisation does not depend on what loading consumed
+    model = adapters.apply_adapter(
+        loaded.model, preset, total_steps=total_steps(len(train_records), tcfg, world), seed=cfg.seed
+    )
+    record.update(adapter=_adapter_summary(model, preset=preset.name, path="adapter"))
+    result = train(model, loaded.tokenizer, train_records, tcfg, out_dir=record.dir, resume=cfg.resume)
+    if not cfg.is_main_process():
+        return None, None
+    adapters.save_adapter(model, record.dir / "adapter", base_info=base_info)
+    shutil.rmtree(record.dir / "checkpoints", ignore_errors=True)  # the saved adapter supersedes them
+    # Expert load averaged over every training forward (not just the last batch).
+    record.update(training={**result.to_dict(), "expert_load": adapters.expert_load(model, cumulative=True)})
+    check_adapter_applied(base_logits, model, loaded.tokenizer)
+    record.update(costs=_costs(result, model, loaded.tokenizer))
+    return model, loaded.tokenizer
 
 
 def _adapter_label(path: Path) -> str:
@@ -250,7 +297,7 @@ def _adapter_label(path: Path) -> str:
     return results.slug(path.parent.name if path.name == "adapter" else path.name)
 
 
-def evaluate_base_or_adapter(cfg: RunConfig, adapter_path: Path | None) -> dict[str, Any]:
+def evaluate_base_or_adapter(cfg: RunConfig, adapter_path: Path | None, *, vllm_engine=None) -> dict[str, Any]:
     """Evaluate the base model (``adapter_path`` None) or a saved adapter (ours or PEFT's) on the suite."""
     label = NO_ADAPTER if adapter_path is None else _adapter_label(adapter_path)
     cfg = replace(cfg, adapter=label)
@@ -268,30 +315,93 @@ def evaluate_base_or_adapter(cfg: RunConfig, adapter_path: Path | None) -> dict[
             model = adapters.load_adapter(model, adapter_path)
             record.update(adapter=_adapter_summary(model, path=str(adapter_path)))
             check_adapter_applied(base_logits, model, loaded.tokenizer)
-        _evaluate(cfg, record, model, loaded.tokenizer, tasks, adapter_path)
+        _evaluate(cfg, record, model, loaded.tokenizer, tasks, adapter_path, vllm_engine)
 
     return _guarded(record, body)
 
 
 def sweep(cfg: RunConfig, adapter_names: list[str], *, baseline: bool = True) -> list[dict[str, Any]]:
-    """Run every adapter with identical data, seed and budget; failures are recorded and the sweep goes on."""
-    outcomes: list[dict[str, Any]] = []
+    """Run every adapter with identical data, seed and budget; failures are recorded and the sweep goes on.
+
+    With ``backend="vllm"`` all adapters are trained first, then evaluated on as few engines as possible: the base
+    model and every LoRA-family adapter on one engine (adapters by request), each routed or merged adapter on its own.
+    """
     names = ([NO_ADAPTER] if baseline else []) + adapter_names
+    if cfg.backend == "vllm":
+        return _sweep_vllm(cfg, names)
+    outcomes: list[dict[str, Any]] = []
     for i, name in enumerate(names, 1):
         log.info("sweep %d/%d: %s", i, len(names), name)
-        one = replace(cfg, adapter=name, name=None)
-        try:
-            record = run(one)
-            outcomes.append({"adapter": name, "run_id": record["run_id"], "status": record["status"]})
-        except KeyboardInterrupt:
-            raise
-        except Exception as exc:  # recorded in run.json by run(); the sweep goes on
-            log.error("sweep: %s failed: %s", name, exc)
-            run_id = one.run_id()
-            if results.read_run(Path(cfg.output) / run_id) is None:
-                # The failure came before the record existed (e.g. an unknown preset): record it now.
-                rec = results.new_record(run_id, name, one.to_dict())
-                rec.update(status="failed", error=results.error_info(exc), finished_at=results.now())
-                results.write_json_atomic(Path(cfg.output) / run_id / "run.json", rec)
-            outcomes.append({"adapter": name, "run_id": run_id, "status": "failed", "error": str(exc)})
+        outcomes.append(_sweep_step(cfg, name, run))
     return outcomes
+
+
+def _sweep_step(cfg: RunConfig, name: str, step, **kwargs: Any) -> dict[str, Any]:
+    """``step(one, **kwargs)`` for adapter ``name``; a failure is recorded (even before the run had a record)."""
+    one = replace(cfg, adapter=name, name=None)
+    try:
+        record = step(one, **kwargs)
+        return {"adapter": name, "run_id": record["run_id"], "status": record["status"]}
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # recorded in run.json by run(); the sweep goes on
+        log.error("sweep: %s failed: %s", name, exc)
+        run_id = one.run_id()
+        run_file = Path(cfg.output) / run_id / "run.json"
+        existing = results.read_run(run_file.parent)
+        if existing is None or existing.get("status") == "running":
+            # The failure came before the record existed (e.g. an unknown preset), or outside the run's own guard
+            # (a shared engine that did not start): record it now.
+            rec = existing or results.new_record(run_id, name, one.to_dict())
+            rec.update(status="failed", error=results.error_info(exc), finished_at=results.now())
+            results.write_json_atomic(run_file, rec)
+        return {"adapter": name, "run_id": run_id, "status": "failed", "error": str(exc)}
+
+
+def _sweep_vllm(cfg: RunConfig, names: list[str]) -> list[dict[str, Any]]:
+    """Train every adapter (HF), then evaluate base and adapters on shared vLLM engines (``plans_by_engine``)."""
+    from cme_bench import vllm_backend
+    from cme_bench.vllm_backend.run import model_folder
+
+    vllm_backend.require_vllm()
+    outcomes: dict[str, dict[str, Any]] = {}
+    for i, name in enumerate(names, 1):
+        if name != NO_ADAPTER:
+            log.info("sweep %d/%d: training %s", i, len(names), name)
+            outcomes[name] = _sweep_step(cfg, name, run, evaluate_later=True)
+    ready = [n for n in names if n == NO_ADAPTER or outcomes[n]["status"] == "running"]
+    model_dir = model_folder(cfg.model)
+    plans = {}
+    for name in ready:
+        adapter_dir = None if name == NO_ADAPTER else Path(cfg.output) / outcomes[name]["run_id"] / "adapter"
+        plans[name] = vllm_backend.plan(model_dir, adapter_dir)
+    from cme_bench.vllm_backend.engine import Engine, plans_by_engine
+
+    for group in plans_by_engine(list(plans.values())):
+        members = [n for n, p in plans.items() if p in group]
+        log.info("sweep: one vLLM engine for %s", ", ".join(members))
+        try:
+            engine = Engine(group, seed=cfg.seed)
+        except Exception as exc:  # every run of this engine fails; the other engines go on
+            for name in members:
+                outcomes[name] = _sweep_step(cfg, name, _raise(exc))
+            continue
+        with engine:
+            for name in members:
+                # resume: the record and the adapter trained above are picked up, training is not repeated
+                outcomes[name] = _sweep_step(cfg, name, _evaluate_on(engine))
+    return [outcomes[n] for n in names]
+
+
+def _evaluate_on(engine):
+    def step(one: RunConfig) -> dict[str, Any]:
+        return run(replace(one, resume=True), vllm_engine=engine)
+
+    return step
+
+
+def _raise(exc: Exception):
+    def step(*_: Any, **__: Any) -> dict[str, Any]:
+        raise exc
+
+    return step

@@ -173,6 +173,15 @@ def test_cli_rejects_bad_values(capsys):
     assert main(["profile", "--model", "tiny-llama", "--adapters", "nope"]) == 2
 
 
+def test_cli_vllm_without_vllm_says_how_to_install(capsys):
+    from cme_bench.vllm_backend import is_available
+
+    if is_available():
+        pytest.skip("vLLM is installed here; tests/vllm/test_vllm_profile.py covers --vllm")
+    assert main(["profile", "--model", "tiny-llama", "--vllm"]) == 2
+    assert "make vllm-env" in capsys.readouterr().err
+
+
 def test_peak_memory_child_process():
     """A fresh child loads the model, applies one variant, trains and generates, and reports its peak RSS."""
     variant = profile.plan_variants(["teamlora"], experts=[2], rank=4, forms=["fused"])[0]

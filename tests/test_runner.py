@@ -16,6 +16,7 @@ from cme_bench import results
 from cme_bench.cli import main
 from cme_bench.config import RunConfig
 from cme_bench.errors import ConfigError
+from cme_bench.runner import KILL_AFTER_TASK_ENV
 from cme_bench.train import KILL_AFTER_STEP_ENV
 
 TASKS = "cme_mini_boolq,cme_mini_arc_easy"
@@ -96,6 +97,35 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path: Path):
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)
+
+
+def test_kill_during_evaluation_resumes_without_training_again(tmp_path: Path):
+    out = tmp_path / "results"
+    args = [
+        "run",
+        *FAST,
+        "--adapter",
+        "lora",
+        "--max-steps",
+        "3",
+        "--output",
+        str(out),
+        "--no-report",
+        "--no-baseline",
+    ]
+    killed = _cli(*args, env={KILL_AFTER_TASK_ENV: "1"}, check=False)
+    assert killed.returncode == -9
+    run_id = "tiny-llama--lora--cme-mini--s0"
+    before = _record(out, run_id)
+    assert before["status"] == "running" and list(before["metrics"]) == [TASKS.split(",")[0]]
+    adapter = out / run_id / "adapter" / "adapter_model.safetensors"
+    mtime = adapter.stat().st_mtime_ns
+    resumed = _cli(*args, "--resume")
+    after = _record(out, run_id)
+    assert after["status"] == "success" and sorted(after["metrics"]) == sorted(TASKS.split(","))
+    assert after["training"] == before["training"]  # not trained again
+    assert adapter.stat().st_mtime_ns == mtime
+    assert "adapter already trained" in resumed.stderr
 
 
 def test_sweep_records_a_failing_method_and_finishes_the_others(tmp_path: Path):

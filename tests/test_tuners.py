@@ -317,3 +317,92 @@ def test_adalora_closed_form():
     x = torch.randn(3, 64)
     expected = layer.base_layer(x) + (x @ (a * e).T @ b.T) * 32 / (4 + 1e-5)
     torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bookkeeping: recorded only while autograd records the forward, the same rule for every routed method
+
+ROUTED_CASES = [
+    ("teamlora", {"r_a": 8, "num_experts": 4, "balance_loss_weight": 0.1, "forward": "fused"}),
+    ("teamlora", {"r_a": 8, "num_experts": 4, "balance_loss_weight": 0.1, "forward": "reference"}),
+    ("moelora", {"r": 2, "num_experts": 3, "forward": "reference"}),
+    ("moelora", {"r": 2, "num_experts": 3, "forward": "fused"}),
+    ("loramoe", {"r": 2, "num_experts": 4, "blc_weight": 0.1, "blc_alpha": 0.2}),
+    ("hydralora", {"r": 4, "num_experts": 3, "forward": "reference"}),
+    ("hydralora", {"r": 4, "num_experts": 3, "forward": "fused"}),
+    ("smora", {"r": 8, "activate_r": 3}),
+    ("mixlora", {"r": 2, "num_experts": 4, "top_k": 2}),
+]
+WITH_AUX = {"teamlora", "loramoe", "mixlora"}
+
+
+def routed_layer(method: str, params: dict, dropout: float) -> nn.Module:
+    spec = get_method(method)
+    base = build_tiny_llama(seed=0)[0].model.layers[0].mlp if spec.scope == "mlp" else nn.Linear(64, 20)
+    layer = spec.build_layer(base, spec.validate({**params, "dropout": dropout}))
+    randomise(layer, seed=3)
+    return layer
+
+
+@pytest.mark.parametrize(
+    ("method", "params"), ROUTED_CASES, ids=[f"{m}-{p.get('forward', '')}" for m, p in ROUTED_CASES]
+)
+def test_inference_forward_equals_training_forward_and_records_nothing(method, params):
+    """Eval mode under inference_mode (dropout > 0 switched off) gives bit for bit the output of a training-mode
+    forward with dropout 0, and leaves the bookkeeping alone; the training forward records aux loss, load and stats."""
+    trained = routed_layer(method, params, dropout=0.0)
+    served = routed_layer(method, params, dropout=0.1)
+    served.load_state_dict(trained.state_dict())
+    served.eval()
+    x = torch.randn(2, 5, 64, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        out_served = served(x)
+    assert served.last_aux is None and served.last_load is None and served.load_sum is None
+    assert served.load_count == 0 and served.stats == {}
+
+    trained.train()
+    out_trained = trained(x)
+    assert torch.equal(out_served, out_trained)
+    assert trained.load_count == 1 and trained.last_load is not None
+    assert sum(trained.last_load.tolist()) == pytest.approx(1.0, abs=1e-5)
+    if method in WITH_AUX:
+        assert trained.last_aux is not None and trained.last_aux.requires_grad
+        (out_trained.sum() + trained.last_aux).backward()  # the aux loss is in the graph of the training forward
+    else:
+        assert trained.last_aux is None
+    if method == "teamlora":
+        assert set(trained.stats) == {"normalizer_min", "balance_excess"}
+
+    # A later inference forward (eval + no_grad) keeps the last training forward's bookkeeping as it was.
+    kept = (trained.last_aux, trained.last_load, trained.load_sum, dict(trained.stats))
+    trained.eval()
+    with torch.no_grad():
+        again = trained(x)
+    if method != "smora":  # SMoRA's training forward moved its balancing biases
+        assert torch.equal(again, out_trained.detach())
+    assert trained.load_count == 1
+    assert trained.last_load is kept[1] and trained.load_sum is kept[2] and trained.last_aux is kept[0]
+    assert trained.stats == kept[3]
+
+
+def test_model_level_diagnostics_come_from_training_forwards_only():
+    """``expert_load`` / ``adapter_stats`` / ``aux_loss`` see training forwards, not generation or evaluation."""
+    model, _ = build_tiny_llama(seed=0)
+    preset = adapters.preset_from_dict(
+        {"method": "teamlora", "params": {"r_a": 8, "num_experts": 4, "balance_loss_weight": 0.5}}, name="t"
+    )
+    model = adapters.apply_adapter(model, preset, seed=0)
+    ids = torch.randint(0, 100, (2, 5), generator=torch.Generator().manual_seed(0))
+    model.eval()
+    with torch.inference_mode():
+        model(ids)
+    assert adapters.expert_load(model) == {} and adapters.adapter_stats(model) == {}
+    assert adapters.aux_loss(model) is None
+    model.train()
+    model(ids)
+    load = adapters.expert_load(model, cumulative=True)
+    assert load and adapters.aux_loss(model) is not None and "teamlora/normalizer_min" in adapters.adapter_stats(model)
+    model.eval()
+    with torch.no_grad():
+        model(ids)
+    assert adapters.expert_load(model, cumulative=True) == load

@@ -52,6 +52,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--vllm",
+        action="store_true",
+        help="also time generation through vLLM (fused forms; run from the vLLM environment: scripts/vllm-run.sh)",
+    )
     parser.add_argument("--json", type=Path, default=None, metavar="OUT", help="write the profile JSON here")
 
 
@@ -63,6 +68,10 @@ def main(args: argparse.Namespace) -> int:
     from cme_bench.results import write_json_atomic
 
     _check(args)
+    if args.vllm:
+        from cme_bench.vllm_backend import require_vllm
+
+        require_vllm()  # before any measuring: fail fast with the install command
     if args.threads:
         torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -81,6 +90,22 @@ def main(args: argparse.Namespace) -> int:
     logging.getLogger(__name__).info("profiling %s", ", ".join(v.label for v in variants))
     loaded = load_model(args.model, device=device)
     doc = profile.run_profile(loaded, variants, settings, rank=args.rank)
+    if args.vllm:
+        from cme_bench.vllm_backend.timing import time_variants
+
+        fused = [v for v in variants if v.form == "fused"]
+        figures = time_variants(
+            loaded,
+            fused,
+            profile.apply_variant,
+            batch=settings.batch,
+            prompt_len=settings.prompt_len,
+            new_tokens=settings.new_tokens,
+            warmup=settings.warmup,
+            repeats=settings.infer_repeats,
+            seed=settings.seed,
+        )
+        profile.add_vllm_figures(doc, figures)
     print(render(doc))
     if args.json:
         write_json_atomic(args.json, doc)
@@ -106,7 +131,10 @@ def _check(args: argparse.Namespace) -> None:
 
 def render(doc: dict[str, Any]) -> str:
     """The three tables: figures per variant, ratios beside the paper's, and issue 8's TeamLoRA targets."""
-    return "\n\n".join([_header(doc), _figures(doc["rows"]), _ratios(doc["ratios"]), _targets(doc["targets"])])
+    parts = [_header(doc), _figures(doc["rows"]), _ratios(doc["ratios"]), _targets(doc["targets"])]
+    if doc["settings"].get("vllm"):
+        parts.insert(3, _vllm(doc))
+    return "\n\n".join(parts)
 
 
 def _header(doc: dict[str, Any]) -> str:
@@ -177,6 +205,34 @@ def _ratios(ratios: list[dict[str, Any]]) -> str:
             cells.append(_num(r.get(key), "{:.2f}") + ("" if paper is None else f" ({paper:.2f})"))
         body.append(cells)
     legend = "LoRA(r): per-expert rank; LoRA(kr): same total rank; MoELoRA: reference (loop) form, same k and rank."
+    return _table(header, body) + "\n" + legend
+
+
+def _vllm(doc: dict[str, Any]) -> str:
+    """Generation through vLLM beside HF's, and TeamLoRA's vLLM decode over MoELoRA's and LoRA's."""
+    ratios = {r["adapter"]: r for r in doc["ratios"]}
+    header = ["vLLM", "served as", "prefill ms", "decode ms/tok", "HF decode", "HF/vLLM", "/MoELoRA", "/LoRA(kr)"]
+    body = []
+    for r in doc["rows"]:
+        if r.get("vllm_decode_ms_per_token") is None:
+            continue
+        hf, vl = r.get("decode_ms_per_token"), r["vllm_decode_ms_per_token"]
+        ratio = ratios.get(r["adapter"], {})
+        body.append(
+            [
+                r["adapter"],
+                r.get("vllm_serving", "-"),
+                _num(r.get("vllm_prefill_ms")),
+                _num(vl, "{:.2f}"),
+                _num(hf, "{:.2f}"),
+                _num(hf / vl if hf and vl else None, "{:.2f}x"),
+                _num(ratio.get("vllm_decode_x_moelora"), "{:.2f}"),
+                _num(ratio.get("vllm_decode_x_lora_same_rank"), "{:.2f}"),
+            ]
+        )
+    if not body:
+        return "vLLM: no variant could be timed (see the log)"
+    legend = "vLLM serves routed adapters with their fused math; /MoELoRA compares with MoELoRA's fused row."
     return _table(header, body) + "\n" + legend
 
 

@@ -203,6 +203,12 @@ class AdapterLayerMixin:
     detached); ``load_sum``/``load_count`` accumulate it until ``reset_load``; ``stats`` holds scalar diagnostics as
     0-d tensors (converted only when read, so a forward never waits for the device). A layer's ``__init__`` sets
     all of this, with its base layer, scaling and dropout, through ``init_adapter``.
+
+    Bookkeeping is training state: every routed layer records it only when ``recording()`` is true, i.e. when
+    autograd records the forward (the auxiliary loss matters only to a backward pass; the loads and stats describe
+    the forwards training took). Under ``torch.no_grad`` / ``torch.inference_mode`` (generation, lm-eval, the
+    profiler's decode timing) a forward records nothing and the values of the last recorded forward stay. Nothing
+    reads loads gathered during evaluation: the runner stores the training load before it evaluates.
     """
 
     method: str = ""
@@ -215,12 +221,21 @@ class AdapterLayerMixin:
         self.load_count = 0
         self.stats: dict[str, torch.Tensor] = {}
 
+    @staticmethod
+    def recording() -> bool:
+        """Whether this forward keeps the bookkeeping (aux loss, load, stats): only while autograd records it."""
+        return torch.is_grad_enabled()
+
     def record_load(self, weights: torch.Tensor) -> None:
         """Record routing weights ``[..., E]`` (already normalised so each token's weights sum to 1)."""
         mean = weights.detach().reshape(-1, weights.shape[-1]).float().mean(0)
         self.last_load = mean
         self.load_sum = mean if self.load_sum is None else self.load_sum + mean
         self.load_count += 1
+
+    def dropout(self, x: torch.Tensor) -> torch.Tensor:
+        """``lora_dropout(x)``, without the module call where it is the identity (an ``nn.Dropout`` in eval mode)."""
+        return self.lora_dropout(x) if self.lora_dropout.training else x
 
     def reset_load(self) -> None:
         self.load_sum, self.load_count = None, 0
@@ -262,7 +277,7 @@ def mix_experts(w: torch.Tensor, outputs: Iterable[torch.Tensor]) -> torch.Tenso
 
 def add_delta(result: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     """Add an adapter delta computed in the adapter dtype to the base output, keeping the base dtype."""
-    return result + delta.to(result.dtype)
+    return result + (delta if delta.dtype == result.dtype else delta.to(result.dtype))
 
 
 def describe(layer: nn.Module, **extra: Any) -> str:

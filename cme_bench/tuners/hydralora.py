@@ -51,10 +51,10 @@ class HydraLoraLayer(nn.Module, AdapterLayerMixin):
 
     def delta_reference(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         # A x is recomputed per head, each time with a fresh dropout mask, as released.
-        return mix_experts(w, (head(self.lora_A(self.lora_dropout(x))) * self.scaling for head in self.lora_B))
+        return mix_experts(w, (head(self.lora_A(self.dropout(x))) * self.scaling for head in self.lora_B))
 
     def delta_fused(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        z = self.lora_A(self.lora_dropout(x)) * self.scaling  # [..., r]
+        z = self.lora_A(self.dropout(x)) * self.scaling  # [..., r]
         u = (w.to(z.dtype).unsqueeze(-1) * z.unsqueeze(-2)).flatten(-2)  # [..., N*r], head-major
         return F.linear(u, torch.cat([b.weight for b in self.lora_B], dim=1))
 
@@ -63,7 +63,8 @@ class HydraLoraLayer(nn.Module, AdapterLayerMixin):
         xa = x.to(self.lora_A.weight.dtype)
         w = softmax_route(self.lora_route, xa)
         delta = self.delta_fused(xa, w) if self.fused else self.delta_reference(xa, w)
-        self.record_load(w)
+        if self.recording():
+            self.record_load(w)
         return add_delta(result, delta)
 
 

@@ -62,7 +62,7 @@ class MixLoraBlock(nn.Module, AdapterLayerMixin):
     def lora(self, proj: str, expert: int, x: torch.Tensor) -> torch.Tensor:
         a = getattr(self, f"lora_{proj}_A")[expert]
         b = getattr(self, f"lora_{proj}_B")[expert]
-        return b(a(self.lora_dropout(x))) * self.scaling
+        return b(a(self.dropout(x))) * self.scaling
 
     def route(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Router probabilities ``[N, E]``, and the renormalised top-k weights and indices ``[N, k]``."""
@@ -81,9 +81,9 @@ class MixLoraBlock(nn.Module, AdapterLayerMixin):
             self.num_experts, mlp.down_proj.out_features,
         )  # fmt: skip
         out = mlp.down_proj(hidden_sum) + delta.to(hidden_sum.dtype)
-        self.last_aux = switch_balance_loss(probs, top_i, self.num_experts)
-        dense = torch.zeros_like(probs).scatter(-1, top_i, top_w)
-        self.record_load(dense)
+        if self.recording():
+            self.last_aux = switch_balance_loss(probs, top_i, self.num_experts)
+            self.record_load(torch.zeros_like(probs).scatter(-1, top_i, top_w))
         return out.reshape(*shape[:-1], out.shape[-1])
 
 

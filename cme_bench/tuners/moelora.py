@@ -66,12 +66,12 @@ class MoeLoraLayer(nn.Module, AdapterLayerMixin):
 
     def delta_reference(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         experts = zip(self.lora_A, self.lora_B)
-        return mix_experts(w, (b(a(self.lora_dropout(x))) * self.scaling for a, b in experts))
+        return mix_experts(w, (b(a(self.dropout(x))) * self.scaling for a, b in experts))
 
     def delta_fused(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         a_cat = torch.cat([a.weight for a in self.lora_A], dim=0)  # [E*r, d_in]
         b_cat = torch.cat([b.weight for b in self.lora_B], dim=1)  # [d_out, E*r]
-        z = F.linear(self.lora_dropout(x), a_cat) * self.scaling
+        z = F.linear(self.dropout(x), a_cat) * self.scaling
         return F.linear(w.to(z.dtype).repeat_interleave(self.r, dim=-1) * z, b_cat)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -79,9 +79,10 @@ class MoeLoraLayer(nn.Module, AdapterLayerMixin):
         xa = x.to(self.lora_route.weight.dtype)
         w = self.route(xa)
         delta = self.delta_fused(xa, w) if self.fused else self.delta_reference(xa, w)
-        if self.method == "loramoe":
-            self.last_aux = localized_balance_loss(w, self.task_types, self.blc_alpha)
-        self.record_load(w)
+        if self.recording():
+            if self.method == "loramoe":
+                self.last_aux = localized_balance_loss(w, self.task_types, self.blc_alpha)
+            self.record_load(w)
         return add_delta(result, delta)
 
 

@@ -61,9 +61,10 @@ class SmoraLayer(nn.Module, AdapterLayerMixin):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = self.base_layer(x)
-        xd = self.lora_dropout(x.to(self.lora_A.weight.dtype))
+        xd = self.dropout(x.to(self.lora_A.weight.dtype))
         g = self.gates(xd)
-        self.record_load(g / self.activate_r)
+        if self.recording():
+            self.record_load(g / self.activate_r)
         return add_delta(result, self.lora_B(g.to(xd.dtype) * self.lora_A(xd)) * self.scaling)
 
 

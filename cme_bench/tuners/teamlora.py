@@ -16,8 +16,9 @@ path needs no concatenation and the loop path uses column views. The authors' ``
 ``lora_interaction_matrix.weight`` keys are mapped by ``import_authors_state``.
 
 Deviation hook, off by default: ``normalizer_eps`` (a clamp on the normaliser's magnitude; the release has none),
-labelled in ``adapter_info``. The normaliser's per-forward minimum is always logged in ``stats``
-(read it with ``adapters.adapter_stats``).
+labelled in ``adapter_info``. The normaliser's per-forward minimum is logged in ``stats`` on every forward that
+records bookkeeping (``AdapterLayerMixin.recording``: autograd on), with the balance loss and the expert load; read it
+with ``adapters.adapter_stats``.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ class TeamLoraLayer(nn.Module, AdapterLayerMixin):
         phi = F.softmax(self.lora_route(x), dim=-1)
         adjusted = phi + phi @ self.lora_interaction_matrix  # einsum('bse,ef->bsf') in the release
         norm = adjusted.sum(dim=-1, keepdim=True)
-        if norm.numel():
+        if norm.numel() and self.recording():
             # Kept as a tensor: converting here would force a device sync in every layer of every forward.
             self.stats["normalizer_min"] = norm.detach().min()
         if self.normalizer_eps is not None:
@@ -95,7 +96,7 @@ class TeamLoraLayer(nn.Module, AdapterLayerMixin):
     # -- forward paths -----------------------------------------------------------------------------------------
 
     def delta_fused(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        z = self.lora_dropout(self.lora_A(x) * self.scaling)
+        z = self.dropout(self.lora_A(x) * self.scaling)
         return F.linear(w.repeat_interleave(self.r_b, dim=-1) * z, self.lora_B.weight)
 
     def delta_reference(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -103,7 +104,7 @@ class TeamLoraLayer(nn.Module, AdapterLayerMixin):
         out = None
         for i, z_i in enumerate(torch.split(z, self.r_b, dim=-1)):
             b_i = self.lora_B.weight[:, i * self.r_b : (i + 1) * self.r_b]
-            term = w[..., i : i + 1] * F.linear(self.lora_dropout(z_i), b_i)
+            term = w[..., i : i + 1] * F.linear(self.dropout(z_i), b_i)
             out = term if out is None else out + term
         return out
 
@@ -112,10 +113,11 @@ class TeamLoraLayer(nn.Module, AdapterLayerMixin):
         xa = x.to(self.lora_A.weight.dtype)
         w = self.expert_weights(xa)
         delta = self.delta_fused(xa, w) if self.fused else self.delta_reference(xa, w)
-        self.last_aux = self.balance_loss(w)
-        # L_bal never drops below (1 - 1/k)^2 because sum_i w_i = k; the excess is the load diagnostic.
-        self.stats["balance_excess"] = self.last_aux.detach() - (1 - 1 / self.k) ** 2
-        self.record_load(w / self.k)
+        if self.recording():
+            self.last_aux = self.balance_loss(w)
+            # L_bal never drops below (1 - 1/k)^2 because sum_i w_i = k; the excess is the load diagnostic.
+            self.stats["balance_excess"] = self.last_aux.detach() - (1 - 1 / self.k) ** 2
+            self.record_load(w / self.k)
         return add_delta(result, delta)
 
 

@@ -136,9 +136,33 @@ class CmeRoutedLlamaForCausalLM(LlamaForCausalLM):
                 ffn.load(blocks[idx])
         else:
             tensors = group_by_module(raw)
+            make = _cpu_gemm_factory()
             for key, delta in self._cme_slots.items():
                 delta.load(tensors[key])
+                if make is not None:
+                    delta.use_gemms(make)
         return loaded
+
+
+def _cpu_gemm_factory():
+    """vLLM's prepacked oneDNN GEMM on CPU (what its own CPU linears use), or None elsewhere / when unavailable."""
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return None
+    from vllm import _custom_ops as ops
+
+    if not getattr(ops, "_supports_onednn", False):
+        return None
+
+    def make(weight: torch.Tensor):
+        try:
+            handler = ops.create_onednn_mm(weight.t(), 32)
+        except RuntimeError:  # a shape oneDNN refuses: the plain matmul is exact, only slower
+            return lambda x: torch.nn.functional.linear(x, weight)
+        return lambda x: ops.onednn_mm(handler, x, None)
+
+    return make
 
 
 def _mixlora_forward(mlp: nn.Module, ffn: MixLoraFFN):

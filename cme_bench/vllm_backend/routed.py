@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -182,6 +182,18 @@ class RoutedDelta(nn.Module):
             self.register_buffer("interaction", torch.empty(self.k, self.k, dtype=dtype), persistent=False)
         if method == "smora":
             self.register_buffer("biases", torch.empty(self.rank, dtype=torch.float32), persistent=False)
+        # ``x @ w_in^T`` and ``u @ w_out^T``; ``use_gemms`` swaps in prepacked kernels once the weights are loaded.
+        self._gemm_in: Callable[[torch.Tensor], torch.Tensor] = lambda x: F.linear(x, self.w_in)
+        self._gemm_out: Callable[[torch.Tensor], torch.Tensor] = lambda u: F.linear(u, self.w_out)
+
+    def use_gemms(self, make: Callable[[torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]) -> None:
+        """Compute the two matmuls with ``make(weight)`` (a ``[out, in]`` weight -> ``x -> x @ weight^T``).
+
+        vLLM's CPU linears run prepacked oneDNN GEMMs, about 3x faster than ``F.linear`` at these shapes; the vLLM
+        model (``model.py``) hands the same kernels to its deltas after loading. Call it after ``load``: the kernels
+        keep their own packed copy of the weights.
+        """
+        self._gemm_in, self._gemm_out = make(self.w_in), make(self.w_out)
 
     # -- loading ------------------------------------------------------------------------------------------------
 
@@ -216,7 +228,7 @@ class RoutedDelta(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xa = x.to(self.w_in.dtype)
-        h = F.linear(xa, self.w_in)
+        h = self._gemm_in(xa)
         a_out, logits = h[..., : self.rank], h[..., self.rank :]
         m = self.method
         if m == "teamlora":
@@ -228,22 +240,22 @@ class RoutedDelta(nn.Module):
                 norm = torch.where(norm >= 0, norm.clamp(min=eps), norm.clamp(max=-eps))
             w = adjusted / norm * self.k
             z = a_out * self.scaling
-            delta = F.linear(w.repeat_interleave(self.r_b, dim=-1) * z, self.w_out)
+            delta = self._gemm_out(w.repeat_interleave(self.r_b, dim=-1) * z)
         elif m in ("moelora", "loramoe"):
             w = F.softmax(logits.float(), dim=-1)
             z = a_out * self.scaling
-            delta = F.linear(w.to(z.dtype).repeat_interleave(self.r_b, dim=-1) * z, self.w_out)
+            delta = self._gemm_out(w.to(z.dtype).repeat_interleave(self.r_b, dim=-1) * z)
         elif m == "hydralora":
             w = F.softmax(logits.float(), dim=-1)
             z = a_out * self.scaling
             u = (w.to(z.dtype).unsqueeze(-1) * z.unsqueeze(-2)).flatten(-2)
-            delta = F.linear(u, self.w_out)
+            delta = self._gemm_out(u)
         else:
             scores = torch.sigmoid(logits).float() + self.biases
             top, idx = scores.topk(self.k, dim=-1)
             sparse = torch.zeros_like(scores).scatter(-1, idx, top)
             g = sparse / sparse.sum(dim=-1, keepdim=True) * self.k
-            delta = F.linear(g.to(a_out.dtype) * a_out, self.w_out) * self.scaling
+            delta = self._gemm_out(g.to(a_out.dtype) * a_out) * self.scaling
         return delta.to(x.dtype)
 
 

@@ -3,7 +3,8 @@
 Same contract as the HF path: tasks run one at a time (progress and ``on_task_done`` per task, so a crash keeps the
 finished tasks), the same seeds and bootstrap iterations, the same primary-metric choice and per-sample rows (the HF
 module's own helpers), and an ``EvalOutput`` whose ``lm_eval`` part merges the per-task lm-eval dicts. The difference:
-the adapter is served by vLLM from its saved folder (see ``serving.plan``) on one engine for all tasks.
+the adapter is served by vLLM from its saved folder (see ``serving.plan``) on one engine for all tasks, its own or
+one shared with other adapters (a sweep).
 """
 
 from __future__ import annotations
@@ -40,15 +41,18 @@ def evaluate_run(
     on_task_done: Callable[[Any], None] | None = None,
     engine_kwargs: dict[str, Any] | None = None,
     lora_serving: str = "request",
+    engine: Any = None,
 ):
     """Evaluate ``tasks`` through vLLM; returns ``cme_bench.evaluate.EvalOutput``.
+
+    ``engine``: an open ``Engine`` whose plans include this adapter's (a sweep shares one between the base model and
+    its LoRA adapters); without it, an engine is started for this adapter and closed afterwards.
 
     ``batch_size`` is recorded by the caller but not passed on: vLLM schedules its own batches (continuous batching),
     and lm-eval's ``"auto"`` hands it every request of a task at once. ``lora_serving="merged"`` serves a LoRA-family
     adapter merged into the base (faster on CPU; see ``serving.plan``).
     """
     from cme_bench import taskreg
-    from cme_bench.evaluate import EvalOutput, simple_evaluate_kwargs, task_result
     from cme_bench.vllm_backend import plan
     from cme_bench.vllm_backend.engine import Engine
 
@@ -59,25 +63,43 @@ def evaluate_run(
             return taskreg.task_info(task, include).primary_metric
 
     p = plan(model_folder(model), adapter_dir, lora_serving=lora_serving)
+    if engine is None:
+        with Engine([p], seed=seed, **(engine_kwargs or {})) as own:
+            return _evaluate_tasks(own, p, tasks, limit, include, seed, primary_metric, on_task_done)
+    return _evaluate_tasks(engine, p, tasks, limit, include, seed, primary_metric, on_task_done)
+
+
+def _evaluate_tasks(
+    engine: Any,
+    p: Any,
+    tasks: Sequence[str],
+    limit: int | None,
+    include: list[Path],
+    seed: int,
+    primary_metric: Callable[[str], str | None],
+    on_task_done: Callable[[Any], None] | None,
+):
+    """One lm-eval pass per task on ``engine`` with plan ``p`` (progress and ``on_task_done`` per task)."""
+    from cme_bench.evaluate import EvalOutput, simple_evaluate_kwargs, task_result
+
     merged: dict[str, Any] = {"results": {}, "versions": {}, "n-samples": {}, "higher_is_better": {}, "configs": {}}
     results: dict[str, Any] = {}
     t_all = time.perf_counter()
-    with Engine([p], seed=seed, **(engine_kwargs or {})) as engine:
-        for task in tasks:
-            t0 = time.perf_counter()
-            out = engine.evaluate(
-                p,
-                [task],
-                limit=limit,
-                include_path=include,
-                **simple_evaluate_kwargs(seed),
-            )
-            for key in merged:
-                merged[key].update(out.get(key, {}))
-            merged.setdefault("config", out.get("config", {}))
-            result = task_result(out, task, primary_metric(task), t0)
-            results[task] = result
-            if on_task_done:
-                on_task_done(result)
-            log.info("%s (vLLM): %s = %.4f (n=%d, %.1fs)", task, result.metric, result.value, result.n, result.seconds)
+    for task in tasks:
+        t0 = time.perf_counter()
+        out = engine.evaluate(
+            p,
+            [task],
+            limit=limit,
+            include_path=include,
+            **simple_evaluate_kwargs(seed),
+        )
+        for key in merged:
+            merged[key].update(out.get(key, {}))
+        merged.setdefault("config", out.get("config", {}))
+        result = task_result(out, task, primary_metric(task), t0)
+        results[task] = result
+        if on_task_done:
+            on_task_done(result)
+        log.info("%s (vLLM): %s = %.4f (n=%d, %.1fs)", task, result.metric, result.value, result.n, result.seconds)
     return EvalOutput(tasks=results, lm_eval=merged, seconds=round(time.perf_counter() - t_all, 3))

@@ -6,6 +6,7 @@ closed when the module ends."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,36 @@ def test_lm_eval_scores_match_hf(which: str, shared_engine, base_dir: Path, lora
         assert len(got_resps) == SCORE_LIMIT
         assert got_resps == want_resps, task
         assert got["results"][task]["acc,none"] == want["results"][task]["acc,none"]
+
+
+def test_cpu_lora_runs() -> None:
+    import torch
+
+    from cme_bench.vllm_backend.punica import token_runs
+
+    idx = torch.tensor([0, 0, -1, -1, 1, 0, 0, -1])
+    assert token_runs(idx) == [(0, 0, 2), (1, 4, 5), (0, 5, 7)]
+    assert token_runs(idx[:0]) == []
+
+
+def test_mixed_batch_base_and_lora(shared_engine, base_dir: Path, lora_dir: Path, tokenizer) -> None:
+    """Base and LoRA requests in one batch: each gets its own tokens (slot -1 must not pick up the adapter)."""
+    from vllm import SamplingParams, TokensPrompt
+    from vllm.platforms import current_platform
+
+    from cme_bench.vllm_backend import plugin
+    from cme_bench.vllm_backend._env import cuda_available
+
+    engine, (_, lora_plan) = shared_engine
+    if not cuda_available() and os.environ.get(plugin.CPU_LORA_ENV, "cme") == "cme":
+        # On CPU this engine's LoRA layers run our kernels (punica.py), not vLLM's torch ops.
+        assert current_platform.get_punica_wrapper() == plugin.CME_PUNICA
+    ids = [tokenizer(p).input_ids for p in PROMPTS]
+    lora = engine.lora_request(lora_plan)
+    requests = [None if i % 2 else lora for i in range(len(PROMPTS))]
+    params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
+    outs = engine.llm.generate([TokensPrompt(prompt_token_ids=i) for i in ids], params, lora_request=requests)
+    got = [list(o.outputs[0].token_ids) for o in outs]
+    want_base = hf_greedy(hf_model(base_dir, None), tokenizer, PROMPTS, MAX_TOKENS)
+    want_lora = hf_greedy(hf_model(base_dir, lora_dir), tokenizer, PROMPTS, MAX_TOKENS)
+    assert got == [want_base[i] if i % 2 else want_lora[i] for i in range(len(PROMPTS))]
