@@ -244,6 +244,7 @@ def expert_load(model: nn.Module, *, cumulative: bool = False) -> dict[str, list
     """Per routed layer, the mean routing weight per expert (each token's weights normalised to sum 1).
 
     ``cumulative=False`` reports the last forward; ``True`` the mean over forwards since ``reset_expert_load``.
+    Only forwards run with autograd on count (training): inference under ``no_grad`` records nothing.
     TeamLoRA reports ``w / k``; SMoRA its per-rank gates / activate_r; MixLoRA its renormalised top-k gates.
     ``{}`` for methods without routing.
     """
@@ -262,8 +263,9 @@ def reset_expert_load(model: nn.Module) -> None:
 
 
 def adapter_stats(model: nn.Module) -> dict[str, float]:
-    """Scalar diagnostics of the last forward, e.g. TeamLoRA's ``teamlora/normalizer_min`` (min over layers) and
-    ``teamlora/balance_excess`` (mean of L_bal - (1 - 1/k)^2), and ``<method>/aux_loss`` (unweighted mean)."""
+    """Scalar diagnostics of the last forward run with autograd on (training), e.g. TeamLoRA's
+    ``teamlora/normalizer_min`` (min over layers) and ``teamlora/balance_excess`` (mean of L_bal - (1 - 1/k)^2), and
+    ``<method>/aux_loss`` (unweighted mean)."""
     collected: dict[str, list[float]] = {}
     for _, layer in adapter_layers(model):
         for key, value in layer.stats.items():
