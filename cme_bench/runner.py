@@ -80,6 +80,14 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _check_backend(cfg: RunConfig) -> None:
+    """Fail before any work when ``--backend vllm`` cannot run here (not after hours of training)."""
+    if cfg.backend == "vllm":
+        from cme_bench import vllm_backend
+
+        vllm_backend.require_vllm()
+
+
 def _finished(cfg: RunConfig, run_id: str) -> dict[str, Any] | None:
     """The record of an already successful run, unless --force asks to redo it."""
     if cfg.force or not results.is_completed(Path(cfg.output) / run_id):
@@ -240,6 +248,8 @@ def run(cfg: RunConfig, *, do_eval: bool = True, evaluate_later: bool = False, v
     """
     if cfg.adapter == NO_ADAPTER:
         return evaluate_base_or_adapter(cfg, adapter_path=None, vllm_engine=vllm_engine)
+    if do_eval:
+        _check_backend(cfg)
     run_id = cfg.run_id(None if do_eval else "train")
     if (done := _finished(cfg, run_id)) is not None:
         return done
@@ -299,6 +309,7 @@ def _adapter_label(path: Path) -> str:
 
 def evaluate_base_or_adapter(cfg: RunConfig, adapter_path: Path | None, *, vllm_engine=None) -> dict[str, Any]:
     """Evaluate the base model (``adapter_path`` None) or a saved adapter (ours or PEFT's) on the suite."""
+    _check_backend(cfg)
     label = NO_ADAPTER if adapter_path is None else _adapter_label(adapter_path)
     cfg = replace(cfg, adapter=label)
     run_id = cfg.run_id(None if adapter_path is None else "eval")
@@ -326,6 +337,7 @@ def sweep(cfg: RunConfig, adapter_names: list[str], *, baseline: bool = True) ->
     With ``backend="vllm"`` all adapters are trained first, then evaluated on as few engines as possible: the base
     model and every LoRA-family adapter on one engine (adapters by request), each routed or merged adapter on its own.
     """
+    _check_backend(cfg)
     names = ([NO_ADAPTER] if baseline else []) + adapter_names
     if cfg.backend == "vllm":
         return _sweep_vllm(cfg, names)
@@ -363,7 +375,6 @@ def _sweep_vllm(cfg: RunConfig, names: list[str]) -> list[dict[str, Any]]:
     from cme_bench import vllm_backend
     from cme_bench.vllm_backend.run import model_folder
 
-    vllm_backend.require_vllm()
     outcomes: dict[str, dict[str, Any]] = {}
     for i, name in enumerate(names, 1):
         if name != NO_ADAPTER:

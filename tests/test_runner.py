@@ -75,6 +75,21 @@ def test_bad_arguments_are_reported_together():
     assert "--batch-size" in text and "--backend" in text and "--limit" in text
 
 
+@pytest.mark.parametrize("verb", ["run", "sweep", "eval"])
+def test_vllm_backend_without_vllm_fails_before_any_work(verb: str, tmp_path: Path, capsys):
+    from cme_bench.vllm_backend import is_available
+
+    if is_available():
+        pytest.skip("vLLM is installed here; tests/vllm covers --backend vllm")
+    out = tmp_path / "results"
+    which = {"run": ["--adapter", "lora", *FAST], "sweep": ["--adapters", "lora", *FAST]}
+    which["eval"] = ["--adapter", "none"]
+    argv = [verb, *which[verb], "--model", "tiny-llama", "--backend", "vllm", "--output", str(out), "--no-report"]
+    assert main(argv) == 2
+    assert "make vllm-env" in capsys.readouterr().err
+    assert not out.exists()  # nothing trained, nothing recorded
+
+
 def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path: Path):
     common = [*TRAIN, "--adapter", "lora", "--max-steps", "8", "--checkpoint-every", "3"]
     # Reference: uninterrupted.
