@@ -260,8 +260,8 @@ def run(cfg: RunConfig, *, do_eval: bool = True, evaluate_later: bool = False, v
         tasks = _tasks(cfg)
         adapter_dir = record.dir / "adapter"
         if cfg.resume and record.data.get("training") and (adapter_dir / "adapter_config.json").is_file():
-            log.info("%s: adapter already trained (%s); evaluating only", run_id, adapter_dir)
-            if evaluate_later:
+            log.info("%s: adapter already trained (%s); not training again", run_id, adapter_dir)
+            if evaluate_later or not cfg.is_main_process():
                 return
             model = tokenizer = None
             if cfg.backend != "vllm":  # vLLM serves the saved folder; HF needs the model in memory
