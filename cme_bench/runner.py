@@ -373,6 +373,7 @@ def _sweep_step(cfg: RunConfig, name: str, step, **kwargs: Any) -> dict[str, Any
 def _sweep_vllm(cfg: RunConfig, names: list[str]) -> list[dict[str, Any]]:
     """Train every adapter (HF), then evaluate base and adapters on shared vLLM engines (``plans_by_engine``)."""
     from cme_bench import vllm_backend
+    from cme_bench.vllm_backend.engine import Engine, plans_by_engine
     from cme_bench.vllm_backend.run import model_folder
 
     outcomes: dict[str, dict[str, Any]] = {}
@@ -385,9 +386,10 @@ def _sweep_vllm(cfg: RunConfig, names: list[str]) -> list[dict[str, Any]]:
     plans = {}
     for name in ready:
         adapter_dir = None if name == NO_ADAPTER else Path(cfg.output) / outcomes[name]["run_id"] / "adapter"
-        plans[name] = vllm_backend.plan(model_dir, adapter_dir)
-    from cme_bench.vllm_backend.engine import Engine, plans_by_engine
-
+        try:
+            plans[name] = vllm_backend.plan(model_dir, adapter_dir)
+        except Exception as exc:  # e.g. an adapter vLLM cannot serve: that run fails, the others go on
+            outcomes[name] = _sweep_step(cfg, name, _raise(exc))
     for group in plans_by_engine(list(plans.values())):
         members = [n for n, p in plans.items() if p in group]
         log.info("sweep: one vLLM engine for %s", ", ".join(members))

@@ -1,5 +1,6 @@
 """``cme-bench sweep --backend vllm``: adapters are trained first, then the base model and the LoRA adapter share one
-engine (adapter by request) while the routed adapter gets its own; every run ends with a complete record."""
+engine (adapter by request) while the routed adapter gets its own; every run ends with a complete record, and one
+that fails to train is recorded as failed while the others are evaluated."""
 
 from __future__ import annotations
 
@@ -18,16 +19,20 @@ pytestmark = pytest.mark.vllm
 def test_sweep_shares_one_engine_between_base_and_lora(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     base = save_base(tmp_path / "tiny-llama-h64")
     out = tmp_path / "results"
+    broken = tmp_path / "broken.yaml"  # r_a must be divisible by num_experts: fails when the adapter is built
+    broken.write_text("method: teamlora\ndescription: deliberately broken\nparams:\n  r_a: 30\n  num_experts: 4\n")
     caplog.set_level(logging.INFO, logger="cme_bench")
-    argv = ["sweep", "--model", str(base), "--adapters", "lora,teamlora", "--backend", "vllm"]
+    argv = ["sweep", "--model", str(base), "--adapters", f"lora,{broken},teamlora", "--backend", "vllm"]
     argv += ["--tasks", "cme_mini_sst2", "--train-cap", "8", "--batch-size", "4", "--max-steps", "2", "--limit", "4"]
-    assert main([*argv, "--output", str(out), "--no-report"]) == 0
+    assert main([*argv, "--output", str(out), "--no-report"]) == 1
     starts = [r.getMessage() for r in caplog.records if r.getMessage().startswith("starting vLLM engine")]
     groups = [r.getMessage() for r in caplog.records if r.getMessage().startswith("sweep: one vLLM engine for")]
     assert len(starts) == 2, starts
     assert groups == ["sweep: one vLLM engine for none, lora", "sweep: one vLLM engine for teamlora"]
     records = {p.parent.name: json.loads(p.read_text()) for p in out.glob("*/run.json")}
-    assert len(records) == 3
+    assert len(records) == 4
+    failed = records.pop(f"{base.name}--broken--cme-mini--s0")
+    assert failed["status"] == "failed" and "divisible" in failed["error"]["message"]
     for rec in records.values():
         assert rec["status"] == "success", rec.get("error")
         assert rec["evaluation"]["backend"] == "vllm"
