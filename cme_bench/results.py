@@ -15,6 +15,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import traceback
@@ -238,6 +239,16 @@ def new_record(run_id: str, name: str, config: dict[str, Any]) -> dict[str, Any]
         "samples": {},
         "costs": {},
     }
+
+
+def kill_point(env: str, reached: int) -> None:
+    """Fault injection for the kill-and-resume tests: SIGKILL this process once ``reached`` hits the number in ``env``.
+
+    Unset or 0: nothing happens. SIGKILL, not an exception: no ``finally`` or handler may tidy up, as in a real crash.
+    """
+    limit = int(os.environ.get(env, "0") or 0)
+    if limit and reached >= limit:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def peak_memory_bytes() -> int:

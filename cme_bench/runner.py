@@ -13,7 +13,6 @@ import logging
 import os
 import random
 import shutil
-import signal
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -60,9 +59,7 @@ class RunRecord:
         }
         self.data["samples"][result.task] = rel
         self.save()
-        kill_after = int(os.environ.get(KILL_AFTER_TASK_ENV, "0") or 0)
-        if kill_after and len(self.data["metrics"]) >= kill_after:
-            os.kill(os.getpid(), signal.SIGKILL)
+        results.kill_point(KILL_AFTER_TASK_ENV, len(self.data["metrics"]))
 
 
 def _open_record(cfg: RunConfig, run_id: str, name: str) -> RunRecord:
@@ -349,7 +346,7 @@ def sweep(cfg: RunConfig, adapter_names: list[str], *, baseline: bool = True) ->
 
 
 def _sweep_step(cfg: RunConfig, name: str, step, **kwargs: Any) -> dict[str, Any]:
-    """``step(one, **kwargs)`` for adapter ``name``; a failure is recorded (even before the run had a record)."""
+    """``step(one, **kwargs)`` for adapter ``name``; a failure is recorded and returned as the outcome."""
     one = replace(cfg, adapter=name, name=None)
     try:
         record = step(one, **kwargs)
@@ -357,17 +354,22 @@ def _sweep_step(cfg: RunConfig, name: str, step, **kwargs: Any) -> dict[str, Any
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # recorded in run.json by run(); the sweep goes on
-        log.error("sweep: %s failed: %s", name, exc)
-        run_id = one.run_id()
-        run_file = Path(cfg.output) / run_id / "run.json"
-        existing = results.read_run(run_file.parent)
-        if existing is None or existing.get("status") == "running":
-            # The failure came before the record existed (e.g. an unknown preset), or outside the run's own guard
-            # (a shared engine that did not start): record it now.
-            rec = existing or results.new_record(run_id, name, one.to_dict())
-            rec.update(status="failed", error=results.error_info(exc), finished_at=results.now())
-            results.write_json_atomic(run_file, rec)
-        return {"adapter": name, "run_id": run_id, "status": "failed", "error": str(exc)}
+        return _record_failure(one, exc)
+
+
+def _record_failure(one: RunConfig, exc: Exception) -> dict[str, Any]:
+    """Mark ``one``'s run failed, unless its own guard already did, and return the sweep outcome."""
+    log.error("sweep: %s failed: %s", one.adapter, exc)
+    run_id = one.run_id()
+    run_file = Path(one.output) / run_id / "run.json"
+    existing = results.read_run(run_file.parent)
+    if existing is None or existing.get("status") == "running":
+        # The failure came before the record existed (e.g. an unknown preset), or outside the run's own guard
+        # (a shared engine that did not start): record it now.
+        rec = existing or results.new_record(run_id, one.adapter, one.to_dict())
+        rec.update(status="failed", error=results.error_info(exc), finished_at=results.now())
+        results.write_json_atomic(run_file, rec)
+    return {"adapter": one.adapter, "run_id": run_id, "status": "failed", "error": str(exc)}
 
 
 def _sweep_vllm(cfg: RunConfig, names: list[str]) -> list[dict[str, Any]]:
@@ -389,7 +391,7 @@ def _sweep_vllm(cfg: RunConfig, names: list[str]) -> list[dict[str, Any]]:
         try:
             plans[name] = vllm_backend.plan(model_dir, adapter_dir)
         except Exception as exc:  # e.g. an adapter vLLM cannot serve: that run fails, the others go on
-            outcomes[name] = _sweep_step(cfg, name, _raise(exc))
+            outcomes[name] = _record_failure(replace(cfg, adapter=name, name=None), exc)
     for group in plans_by_engine(list(plans.values())):
         members = [n for n, p in plans.items() if p in group]
         log.info("sweep: one vLLM engine for %s", ", ".join(members))
@@ -397,24 +399,10 @@ def _sweep_vllm(cfg: RunConfig, names: list[str]) -> list[dict[str, Any]]:
             engine = Engine(group, seed=cfg.seed)
         except Exception as exc:  # every run of this engine fails; the other engines go on
             for name in members:
-                outcomes[name] = _sweep_step(cfg, name, _raise(exc))
+                outcomes[name] = _record_failure(replace(cfg, adapter=name, name=None), exc)
             continue
         with engine:
             for name in members:
                 # resume: the record and the adapter trained above are picked up, training is not repeated
-                outcomes[name] = _sweep_step(cfg, name, _evaluate_on(engine))
+                outcomes[name] = _sweep_step(replace(cfg, resume=True), name, run, vllm_engine=engine)
     return [outcomes[n] for n in names]
-
-
-def _evaluate_on(engine):
-    def step(one: RunConfig) -> dict[str, Any]:
-        return run(replace(one, resume=True), vllm_engine=engine)
-
-    return step
-
-
-def _raise(exc: Exception):
-    def step(*_: Any, **__: Any) -> dict[str, Any]:
-        raise exc
-
-    return step

@@ -19,7 +19,6 @@ import logging
 import math
 import os
 import shutil
-import signal
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -31,7 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from cme_bench import adapters
 from cme_bench.errors import CmeError, ConfigError
-from cme_bench.results import peak_memory_bytes
+from cme_bench.results import kill_point, peak_memory_bytes
 
 log = logging.getLogger(__name__)
 
@@ -303,7 +302,6 @@ def train(
         for _ in range(start):
             scheduler.step()
         log.info("resumed from %s (step %d of %d)", ckpt, start, steps)
-    kill_after = int(os.environ.get(KILL_AFTER_STEP_ENV, "0") or 0)
 
     # 4. Train.
     bar = tqdm(total=steps, initial=start, desc="train", disable=not progress or not acc.is_main_process)
@@ -343,8 +341,7 @@ def train(
             if acc.is_main_process:
                 save_checkpoint(ckpt_root, step + 1, model, optimizer, loss_curve, aux_curve)
             acc.wait_for_everyone()
-        if kill_after and step + 1 == kill_after:
-            os.kill(os.getpid(), signal.SIGKILL)
+        kill_point(KILL_AFTER_STEP_ENV, step + 1)
     bar.close()
     seconds = time.perf_counter() - t0
 

@@ -9,6 +9,7 @@ one shared with other adapters (a sweep).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -53,6 +54,7 @@ def evaluate_run(
     adapter merged into the base (faster on CPU; see ``serving.plan``).
     """
     from cme_bench import taskreg
+    from cme_bench.evaluate import EvalOutput, simple_evaluate_kwargs, task_result
     from cme_bench.vllm_backend import plan
     from cme_bench.vllm_backend.engine import Engine
 
@@ -63,43 +65,27 @@ def evaluate_run(
             return taskreg.task_info(task, include).primary_metric
 
     p = plan(model_folder(model), adapter_dir, lora_serving=lora_serving)
-    if engine is None:
-        with Engine([p], seed=seed, **(engine_kwargs or {})) as own:
-            return _evaluate_tasks(own, p, tasks, limit, include, seed, primary_metric, on_task_done)
-    return _evaluate_tasks(engine, p, tasks, limit, include, seed, primary_metric, on_task_done)
-
-
-def _evaluate_tasks(
-    engine: Any,
-    p: Any,
-    tasks: Sequence[str],
-    limit: int | None,
-    include: list[Path],
-    seed: int,
-    primary_metric: Callable[[str], str | None],
-    on_task_done: Callable[[Any], None] | None,
-):
-    """One lm-eval pass per task on ``engine`` with plan ``p`` (progress and ``on_task_done`` per task)."""
-    from cme_bench.evaluate import EvalOutput, simple_evaluate_kwargs, task_result
-
     merged: dict[str, Any] = {"results": {}, "versions": {}, "n-samples": {}, "higher_is_better": {}, "configs": {}}
     results: dict[str, Any] = {}
     t_all = time.perf_counter()
-    for task in tasks:
-        t0 = time.perf_counter()
-        out = engine.evaluate(
-            p,
-            [task],
-            limit=limit,
-            include_path=include,
-            **simple_evaluate_kwargs(seed),
-        )
-        for key in merged:
-            merged[key].update(out.get(key, {}))
-        merged.setdefault("config", out.get("config", {}))
-        result = task_result(out, task, primary_metric(task), t0)
-        results[task] = result
-        if on_task_done:
-            on_task_done(result)
-        log.info("%s (vLLM): %s = %.4f (n=%d, %.1fs)", task, result.metric, result.value, result.n, result.seconds)
+    # A shared engine stays open for the caller's next adapter; our own closes when the tasks are done.
+    context = Engine([p], seed=seed, **(engine_kwargs or {})) if engine is None else contextlib.nullcontext(engine)
+    with context as engine:
+        for task in tasks:
+            t0 = time.perf_counter()
+            out = engine.evaluate(
+                p,
+                [task],
+                limit=limit,
+                include_path=include,
+                **simple_evaluate_kwargs(seed),
+            )
+            for key in merged:
+                merged[key].update(out.get(key, {}))
+            merged.setdefault("config", out.get("config", {}))
+            result = task_result(out, task, primary_metric(task), t0)
+            results[task] = result
+            if on_task_done:
+                on_task_done(result)
+            log.info("%s (vLLM): %s = %.4f (n=%d, %.1fs)", task, result.metric, result.value, result.n, result.seconds)
     return EvalOutput(tasks=results, lm_eval=merged, seconds=round(time.perf_counter() - t_all, 3))
