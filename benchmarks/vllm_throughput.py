@@ -40,15 +40,6 @@ def prompts(n: int) -> list[str]:
     return [PROMPT_TEMPLATES[i % len(PROMPT_TEMPLATES)].format(TOPICS[i % len(TOPICS)]) for i in range(n)]
 
 
-def resolve_model(spec: str) -> Path:
-    path = Path(spec)
-    if (path / "config.json").is_file():
-        return path.resolve()
-    from cme_bench.models import materialize
-
-    return materialize(spec)
-
-
 def make_adapters(model_dir: Path, out: Path, methods: list[str]) -> dict[str, Path]:
     """Shipped presets (``adapters/<name>.yaml``) with random non-zero weights, saved next to each other."""
     import torch
@@ -56,6 +47,7 @@ def make_adapters(model_dir: Path, out: Path, methods: list[str]) -> dict[str, P
 
     from cme_bench.adapters import apply_adapter, load_preset, save_adapter
     from cme_bench.models import architecture_info
+    from cme_bench.vllm_backend.timing import randomise_adapter
 
     made = {}
     for name in methods:
@@ -64,10 +56,7 @@ def make_adapters(model_dir: Path, out: Path, methods: list[str]) -> dict[str, P
         preset.params["dropout"] = 0.0
         info = architecture_info(base)  # before injection: the fingerprint covers the weights
         model = apply_adapter(base, preset, seed=0)
-        with torch.no_grad():
-            for key, t in model.state_dict().items():
-                if "lora_" in key and t.is_floating_point() and "interaction" not in key:
-                    t.normal_(0.0, 0.02)
+        randomise_adapter(model, seed=0)
         made[name] = save_adapter(model, out / name, base_info=info)
     return made
 
@@ -140,9 +129,10 @@ def main() -> None:
     import torch
 
     from cme_bench import vllm_backend
+    from cme_bench.vllm_backend.run import model_folder
 
     vllm_backend.require_vllm()
-    model_dir = resolve_model(args.model)
+    model_dir = model_folder(args.model)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     texts = prompts(args.batch)
     dtype = getattr(torch, args.dtype)

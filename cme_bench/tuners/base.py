@@ -277,7 +277,7 @@ def mix_experts(w: torch.Tensor, outputs: Iterable[torch.Tensor]) -> torch.Tenso
 
 def add_delta(result: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     """Add an adapter delta computed in the adapter dtype to the base output, keeping the base dtype."""
-    return result + (delta if delta.dtype == result.dtype else delta.to(result.dtype))
+    return result + delta.to(result.dtype)
 
 
 def describe(layer: nn.Module, **extra: Any) -> str:
