@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from cme_bench import devices
 from cme_bench.errors import ConfigError
 from cme_bench.results import make_run_id
 
@@ -32,6 +33,9 @@ class RunConfig:
     output: str = "results"
     seed: int = 0
     trust_remote_code: bool = False
+    # where and in which precision (cme_bench.devices; the runner stores the resolved values, e.g. cuda:0 / bf16)
+    device: str = "auto"
+    dtype: str = "auto"
     # training
     max_steps: int = 60
     epochs: float = 1.0
@@ -65,6 +69,7 @@ class RunConfig:
             problems.append(f"--limit must be >= 0 (0 = every test document), got {self.limit!r}")
         if self.backend not in BACKENDS:
             problems.append(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        problems += devices.check_names(self.device, self.dtype)
         if self.mix not in ("size", "temperature"):
             problems.append(f"--mix must be size or temperature, got {self.mix!r}")
         if not self.learning_rate > 0:
@@ -126,6 +131,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, train: bool = True, ev
     parser.add_argument(
         "--trust-remote-code", action="store_true", help="allow a model folder's own Python code (off by default)"
     )
+    parser.add_argument("--device", default=d.device, help=devices.DEVICE_HELP)
+    parser.add_argument("--dtype", default=d.dtype, help=devices.DTYPE_HELP)
     parser.add_argument("--tag", help="suffix for the run id, to keep variants of one setting apart")
     parser.add_argument("--force", action="store_true", help="rerun even if a finished run record exists")
     if train:

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from cme_bench import adapters, results, taskreg
+from cme_bench import adapters, devices, results, taskreg
 from cme_bench.config import NO_ADAPTER, RunConfig
 from cme_bench.errors import CmeError
 from cme_bench.evaluate import EvalOutput, TaskResult, check_adapter_applied, evaluate, probe_logits
@@ -67,6 +67,7 @@ def _open_record(cfg: RunConfig, run_id: str, name: str) -> RunRecord:
     existing = results.read_run(run_dir) if cfg.resume else None
     data = existing or results.new_record(run_id, name, cfg.to_dict())
     data.update(status="running", error=None, config=cfg.to_dict())
+    data["environment"].setdefault("hardware", {}).update(devices.describe(cfg.device, cfg.dtype))
     record = RunRecord(run_dir, data, enabled=cfg.is_main_process())
     record.save()
     return record
@@ -96,10 +97,23 @@ def _finished(cfg: RunConfig, run_id: str) -> dict[str, Any] | None:
 def _load_base(cfg: RunConfig, record: RunRecord) -> tuple[LoadedModel, dict[str, Any]]:
     """Load the base model (seeded) and describe it in the record."""
     _seed_everything(cfg.seed)
-    loaded = load_model(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    loaded = _load_model(cfg)
     base_info = architecture_info(loaded.model)
     record.update(model={"spec": loaded.spec, "name": loaded.name, "source": loaded.source, **base_info})
     return loaded, base_info
+
+
+def _load_model(cfg: RunConfig) -> LoadedModel:
+    """The base model, straight onto ``cfg.device`` in ``cfg.dtype`` (both resolved by ``_resolved``)."""
+    return load_model(
+        cfg.model, dtype=devices.torch_dtype(cfg.dtype), device=cfg.device, trust_remote_code=cfg.trust_remote_code
+    )
+
+
+def _resolved(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with a concrete device and dtype for this machine (``auto`` resolved); a missing device fails here."""
+    device, dtype = devices.resolve(cfg.device, cfg.dtype)
+    return replace(cfg, device=device, dtype=dtype)
 
 
 def _adapter_summary(model: torch.nn.Module, **extra: Any) -> dict[str, Any]:
@@ -243,6 +257,7 @@ def run(cfg: RunConfig, *, do_eval: bool = True, evaluate_later: bool = False, v
     training and leaves the record ``running`` (a vLLM sweep evaluates all its adapters afterwards, on shared engines,
     by calling ``run`` again with ``resume``). ``vllm_engine``: see ``_evaluate``.
     """
+    cfg = _resolved(cfg)
     if cfg.adapter == NO_ADAPTER:
         return evaluate_base_or_adapter(cfg, adapter_path=None, vllm_engine=vllm_engine)
     if do_eval:
@@ -262,7 +277,7 @@ def run(cfg: RunConfig, *, do_eval: bool = True, evaluate_later: bool = False, v
                 return
             model = tokenizer = None
             if cfg.backend != "vllm":  # vLLM serves the saved folder; HF needs the model in memory
-                loaded = load_model(cfg.model, trust_remote_code=cfg.trust_remote_code)
+                loaded = _load_model(cfg)
                 model, tokenizer = adapters.load_adapter(loaded.model, adapter_dir), loaded.tokenizer
         else:
             model, tokenizer = _train(cfg, record, preset, tasks)
@@ -308,7 +323,7 @@ def evaluate_base_or_adapter(cfg: RunConfig, adapter_path: Path | None, *, vllm_
     """Evaluate the base model (``adapter_path`` None) or a saved adapter (ours or PEFT's) on the suite."""
     _check_backend(cfg)
     label = NO_ADAPTER if adapter_path is None else _adapter_label(adapter_path)
-    cfg = replace(cfg, adapter=label)
+    cfg = replace(_resolved(cfg), adapter=label)
     run_id = cfg.run_id(None if adapter_path is None else "eval")
     if (done := _finished(cfg, run_id)) is not None:
         return done
@@ -335,6 +350,7 @@ def sweep(cfg: RunConfig, adapter_names: list[str], *, baseline: bool = True) ->
     model and every LoRA-family adapter on one engine (adapters by request), each routed or merged adapter on its own.
     """
     _check_backend(cfg)
+    cfg = _resolved(cfg)  # a missing device fails the sweep once, not every run in it
     names = ([NO_ADAPTER] if baseline else []) + adapter_names
     if cfg.backend == "vllm":
         return _sweep_vllm(cfg, names)

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from cme_bench import adapters
+from cme_bench import adapters, devices
 from cme_bench.errors import CmeError, ConfigError
 from cme_bench.results import kill_point, peak_memory_bytes
 
@@ -55,7 +55,7 @@ class TrainConfig:
         max_grad_norm: gradient clipping norm (0 disables).
         checkpoint_every: optimiser steps between checkpoints (0 disables).
         gradient_checkpointing: trade compute for activation memory.
-        mixed_precision: "auto" (bf16 on a bf16-capable GPU, fp32 otherwise), "no" or "bf16".
+        mixed_precision: "auto" (autocast in the base model's dtype on a GPU, none on the CPU), "no", "bf16", "fp16".
         seed: data order, dropout and initialisation seed.
     """
 
@@ -89,8 +89,8 @@ class TrainConfig:
             problems.append(f"epochs must be > 0 when max_steps is 0, got {self.epochs!r}")
         if not 0 <= self.warmup_ratio < 1:
             problems.append(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
-        if self.mixed_precision not in ("auto", "no", "bf16"):
-            problems.append(f"mixed_precision must be auto, no or bf16, got {self.mixed_precision!r}")
+        if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
+            problems.append(f"mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
         if problems:
             raise ConfigError(problems, "training config")
 
@@ -245,10 +245,13 @@ def state_digest(model: torch.nn.Module) -> str:
 # The loop
 
 
-def _mixed_precision(cfg: TrainConfig) -> str:
+def _mixed_precision(cfg: TrainConfig, model: torch.nn.Module) -> str:
+    """``auto``: autocast in the frozen base's dtype on a GPU, none on the CPU (``devices.mixed_precision``)."""
     if cfg.mixed_precision != "auto":
         return cfg.mixed_precision
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    frozen = next((p for p in model.parameters() if not p.requires_grad), None)
+    param = frozen if frozen is not None else next(model.parameters())
+    return devices.mixed_precision(str(param.device), param.dtype)
 
 
 def train(
@@ -270,11 +273,14 @@ def train(
     # 1. Processes, precision, data.
     # Routed adapters with top-k routing leave some experts without gradient in a step; DDP must tolerate that.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    where = next(model.parameters()).device
+    if where.type == "cuda" and where.index is not None:
+        torch.cuda.set_device(where)  # a single process's accelerate places the model on the *current* GPU
     acc = Accelerator(
-        mixed_precision=_mixed_precision(cfg),
+        mixed_precision=_mixed_precision(cfg, model),
         gradient_accumulation_steps=cfg.grad_accum,  # accelerate divides the loss and syncs on the last micro-batch
         kwargs_handlers=[ddp],
-        cpu=not torch.cuda.is_available(),
+        cpu=next(model.parameters()).device.type == "cpu",  # where the runner loaded the model (--device)
     )
     rank, world = acc.process_index, acc.num_processes
     examples = tokenize_pairs(records, tokenizer, cfg.max_seq_len)
