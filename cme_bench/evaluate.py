@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from cme_bench.distributed import run_sharded
 from cme_bench.errors import CmeError
 
 log = logging.getLogger(__name__)
@@ -90,19 +91,34 @@ def _progress_lm(model: torch.nn.Module, tokenizer: Any, batch_size: int, on_pha
     from lm_eval.models.huggingface import HFLM
 
     class ProgressHFLM(HFLM):
+        # Under torchrun each rank answers its shard of the documents and receives everyone's answers
+        # (cme_bench.distributed); with one process run_sharded is a plain call.
         def generate_until(self, requests, disable_tqdm: bool = False):
             on_phase(f"generating {len(requests)}")
-            out = super().generate_until(requests, disable_tqdm=disable_tqdm)
+            out = run_sharded(
+                requests, _doc_key, lambda part: super(ProgressHFLM, self).generate_until(part, disable_tqdm)
+            )
             on_phase("scoring")
             return out
 
         def loglikelihood(self, requests, disable_tqdm: bool = False):
             on_phase(f"scoring {len(requests)} continuations")
-            out = super().loglikelihood(requests, disable_tqdm=disable_tqdm)
+            out = run_sharded(
+                requests, _doc_key, lambda part: super(ProgressHFLM, self).loglikelihood(part, disable_tqdm)
+            )
             on_phase("scoring")
             return out
 
+        def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+            compute = lambda part: super(ProgressHFLM, self).loglikelihood_rolling(part, disable_tqdm)  # noqa: E731
+            return run_sharded(requests, _doc_key, compute)
+
     return ProgressHFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(model.device))
+
+
+def _doc_key(request: Any) -> tuple[str, Any]:
+    """The document an lm-eval request belongs to: the unit that multi-process evaluation shards by."""
+    return (request.task_name, request.doc_id)
 
 
 def _pick_metric(task_results: dict[str, Any], primary: str | None) -> tuple[str, str]:

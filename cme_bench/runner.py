@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from cme_bench import adapters, devices, results, taskreg
+from cme_bench import adapters, devices, distributed, results, taskreg
 from cme_bench.config import NO_ADAPTER, RunConfig
 from cme_bench.errors import CmeError
 from cme_bench.evaluate import EvalOutput, TaskResult, check_adapter_applied, evaluate, probe_logits
@@ -207,6 +207,7 @@ def _evaluate(
         "backend": cfg.backend,
         "batch_size": cfg.eval_batch_size,
         "limit": cfg.limit,
+        "processes": distributed.world_size() if cfg.backend == "hf" else 1,
         "seconds": round(time.perf_counter() - t0, 3),
         "lm_eval": {k: lm.get(k) for k in ("results", "versions", "n-samples", "higher_is_better", "configs")},
     }
@@ -224,6 +225,11 @@ def _costs(result, model, tokenizer) -> dict[str, Any]:
         "train_step_ms": round(1000 * seconds_per_step, 2),  # tokens/s and peak memory are under "training"
         **{k: inference[k] for k in ("prefill_ms", "decode_ms_per_token") if k in inference},
     }
+
+
+def _evaluates_here(cfg: RunConfig) -> bool:
+    """Rank 0 always evaluates; under torchrun the other ranks take part in HF evaluation (cme_bench.distributed)."""
+    return cfg.is_main_process() or cfg.backend == "hf"
 
 
 def _finish(record: RunRecord, status: str, exc: BaseException | None = None) -> None:
@@ -273,7 +279,7 @@ def run(cfg: RunConfig, *, do_eval: bool = True, evaluate_later: bool = False, v
         adapter_dir = record.dir / "adapter"
         if cfg.resume and record.data.get("training") and (adapter_dir / "adapter_config.json").is_file():
             log.info("%s: adapter already trained (%s); not training again", run_id, adapter_dir)
-            if evaluate_later or not cfg.is_main_process():
+            if evaluate_later or not _evaluates_here(cfg):
                 return
             model = tokenizer = None
             if cfg.backend != "vllm":  # vLLM serves the saved folder; HF needs the model in memory
@@ -302,8 +308,8 @@ def _train(cfg: RunConfig, record: RunRecord, preset, tasks: list[str]):
     )
     record.update(adapter=_adapter_summary(model, preset=preset.name, path="adapter"))
     result = train(model, loaded.tokenizer, train_records, tcfg, out_dir=record.dir, resume=cfg.resume)
-    if not cfg.is_main_process():
-        return None, None
+    if not cfg.is_main_process():  # the other ranks keep the model to evaluate their shard of the documents
+        return (model, loaded.tokenizer) if _evaluates_here(cfg) else (None, None)
     adapters.save_adapter(model, record.dir / "adapter", base_info=base_info)
     shutil.rmtree(record.dir / "checkpoints", ignore_errors=True)  # the saved adapter supersedes them
     # Expert load averaged over every training forward (not just the last batch).
