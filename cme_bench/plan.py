@@ -292,8 +292,10 @@ def kv_cache_bytes(config: Any, batch: int, length: int, dtype: torch.dtype) -> 
 
 
 def _largest_batch(usable: int, held: int, peak_above: int, fixed: int, batch: int) -> int:
-    """Largest batch whose peak fits ``usable``: the part of the simulated peak above ``fixed`` (gradients and
-    optimizer state, which do not grow with the batch) scales with the batch."""
+    """Largest batch whose peak fits ``usable``, assuming the part of the simulated peak above ``fixed`` (gradients
+    and optimizer state, which do not grow with the batch) scales with the batch. A linear extrapolation from the
+    planned batch (within a few percent of the budget for batches several times larger): plan at that batch to
+    confirm it."""
     per_example = (peak_above - fixed) / batch
     if per_example <= 0:
         return 0

@@ -99,7 +99,9 @@ def _load_base(cfg: RunConfig, record: RunRecord) -> tuple[LoadedModel, dict[str
     _seed_everything(cfg.seed)
     loaded = _load_model(cfg)
     base_info = architecture_info(loaded.model)
-    record.update(model={"spec": loaded.spec, "name": loaded.name, "source": loaded.source, **base_info})
+    weights = next(loaded.model.parameters())  # where and how the base really sits, not just what was asked
+    placed = {"device": str(weights.device), "dtype": devices.dtype_name(weights.dtype)}
+    record.update(model={"spec": loaded.spec, "name": loaded.name, "source": loaded.source, **base_info, **placed})
     return loaded, base_info
 
 

@@ -43,9 +43,9 @@ def main(args: argparse.Namespace) -> int:
 
     gpu = devices.memory_string(args.gpu_memory) if args.gpu_memory else None
     req = plan.PlanRequest(args.model, args.adapter, args.batch_size, args.max_seq_len, args.dtype, gpu)
+    device = devices.resolve_device(args.device) if args.measure else None  # a missing device fails first
     doc = plan.make_plan(req)
-    if args.measure:
-        device = devices.resolve_device(args.device)
+    if device:
         doc["measured"] = {"device": device, **plan.measure(req, device)}
     print(render(doc))
     if args.json:
