@@ -57,7 +57,7 @@ class LoadedModel:
     tokenizer: PreTrainedTokenizerBase
     spec: str
     name: str
-    source: str  # "folder" | "gguf" | "builtin" | "hub"
+    source: str  # "folder" | "gguf" | "builtin" | "hub" | "random"
     path: Path | None
     fingerprint: str
 
@@ -378,3 +378,18 @@ def build_on_meta(config: PretrainedConfig) -> PreTrainedModel:
     """The model for ``config`` with no weights allocated (seconds, even for 7B shapes)."""
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config)
+
+
+def random_model(spec: str, *, dtype: torch.dtype, device: str) -> LoadedModel:
+    """The model of ``spec``'s config (a config.json is enough) with random weights, built straight on ``device``.
+
+    For cost measurements only (``profile --random-weights``): time and memory depend on shapes, not values, so a
+    7B shape can be profiled without its 13 GB of weights. The byte tokenizer stands in for the real one.
+    """
+    config = load_config(spec)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    tokenizer = build_byte_tokenizer()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    name = Path(spec).parent.name if spec.endswith("config.json") else Path(spec).name
+    return _loaded(model, tokenizer, spec, f"{name}-random", "random", None, device)

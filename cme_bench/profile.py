@@ -432,7 +432,12 @@ def run_profile(
         if settings.memory:
             log.info("peak memory of %s in a child process (%d of %d)", v.label, i + 1, len(variants))
         dtype = next(model.parameters()).dtype
-        peak = measure_peak_memory(loaded.spec, v, settings, str(device), dtype) if settings.memory else None
+        random_weights = loaded.source == "random"
+        peak = (
+            measure_peak_memory(loaded.spec, v, settings, str(device), dtype, random_weights)
+            if settings.memory
+            else None
+        )
         figures = _inference_figures([r[0] for r in infer[v.label]], [r[1] for r in infer[v.label]])
         rows.append(_row(loaded.name, v, settings, train[v.label], figures, peak, *counts[v.label]))
     ratios = ratio_table(rows, rank)
@@ -604,7 +609,12 @@ def add_vllm_figures(doc: dict[str, Any], figures: dict[str, dict[str, Any] | No
 
 
 def measure_peak_memory(
-    spec: str, variant: Variant | None, settings: ProfileSettings, device: str, dtype: torch.dtype = torch.float32
+    spec: str,
+    variant: Variant | None,
+    settings: ProfileSettings,
+    device: str,
+    dtype: torch.dtype = torch.float32,
+    random_weights: bool = False,
 ) -> int | None:
     """Peak memory (bytes) of a fresh process that loads ``spec`` in ``dtype``, applies ``variant``, trains and
     generates."""
@@ -612,6 +622,7 @@ def measure_peak_memory(
 
     job = {"spec": spec, "variant": dataclasses.asdict(variant) if variant else None, "device": device}
     job["dtype"] = dtype_name(dtype)
+    job["random"] = random_weights
     job["settings"] = dataclasses.asdict(settings) | {"threads": torch.get_num_threads()}
     with tempfile.TemporaryDirectory(prefix="cme-profile-") as tmp:
         out = Path(tmp) / "peak.json"
@@ -626,12 +637,13 @@ def measure_peak_memory(
 def _child_main(job_json: str, out_path: str) -> int:
     """Child process body: one variant, warm-up + one timed step and one generation, then report the peak."""
     from cme_bench.devices import torch_dtype
-    from cme_bench.models import load_model
+    from cme_bench.models import load_model, random_model
 
     job = json.loads(job_json)
     settings = ProfileSettings(**{k: v for k, v in job["settings"].items() if k != "threads"})
     torch.set_num_threads(int(job["settings"]["threads"]))
-    loaded = load_model(job["spec"], device=job["device"], dtype=torch_dtype(job["dtype"]))
+    load = random_model if job.get("random") else load_model
+    loaded = load(job["spec"], device=job["device"], dtype=torch_dtype(job["dtype"]))
     model = loaded.model
     if job["variant"] is not None:
         model = apply_variant(model, Variant(**job["variant"]), seed=settings.seed)

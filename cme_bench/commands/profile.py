@@ -52,6 +52,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-memory", action="store_true", help="skip the per-variant peak-memory child processes")
     parser.add_argument("--device", default="auto", help=devices.DEVICE_HELP)
     parser.add_argument("--dtype", default="auto", help=devices.DTYPE_HELP)
+    parser.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="build --model from its config alone (a config.json is enough) with random weights: costs depend on "
+        "shapes only, e.g. --model benchmarks/configs/llama-2-7b/config.json",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -66,7 +72,7 @@ def main(args: argparse.Namespace) -> int:
     import torch
 
     from cme_bench import profile
-    from cme_bench.models import load_model
+    from cme_bench.models import load_model, random_model
     from cme_bench.results import write_json_atomic
 
     _check(args)
@@ -90,7 +96,8 @@ def main(args: argparse.Namespace) -> int:
     )
     variants = profile.plan_variants(args.adapters, args.experts, args.rank, args.forms)
     logging.getLogger(__name__).info("profiling %s", ", ".join(v.label for v in variants))
-    loaded = load_model(args.model, device=device, dtype=devices.torch_dtype(dtype))
+    load = random_model if args.random_weights else load_model
+    loaded = load(args.model, device=device, dtype=devices.torch_dtype(dtype))
     doc = profile.run_profile(loaded, variants, settings, rank=args.rank)
     if args.vllm:
         from cme_bench.vllm_backend.timing import time_variants
