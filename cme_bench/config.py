@@ -45,6 +45,8 @@ class RunConfig:
     extra_data: list[str] = field(default_factory=list)
     checkpoint_every: int = 20
     gradient_checkpointing: bool = False
+    packing: bool = True
+    tokens_per_batch: int = 0
     resume: bool = False
     # evaluation
     limit: int | None = 20
@@ -57,9 +59,11 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         problems = []
-        for key in ("max_steps", "batch_size", "grad_accum", "max_seq_len", "train_cap", "eval_batch_size"):
+        for key in (
+            "max_steps", "batch_size", "grad_accum", "max_seq_len", "train_cap", "eval_batch_size", "tokens_per_batch"
+        ):  # fmt: skip
             value = getattr(self, key)
-            if value < (0 if key in ("max_steps", "train_cap") else 1):
+            if value < (0 if key in ("max_steps", "train_cap", "tokens_per_batch") else 1):
                 problems.append(f"--{key.replace('_', '-')} must be positive, got {value!r}")
         if self.limit is not None and self.limit < 0:
             problems.append(f"--limit must be >= 0 (0 = every test document), got {self.limit!r}")
@@ -105,6 +109,8 @@ TRAIN_FLAGS: list[tuple[str, str, type, str | None]] = [
     ("--temperature", "temperature", float, "temperature of --mix temperature"),
     ("--checkpoint-every", "checkpoint_every", int, "optimiser steps between checkpoints (0: none)"),
     ("--gradient-checkpointing", "gradient_checkpointing", bool, "trade compute for activation memory"),
+    ("--no-packing", "packing", bool, "pad every example to its micro-batch's longest instead of packing rows"),
+    ("--tokens-per-batch", "tokens_per_batch", int, "micro-batches of at most N tokens (0: by --batch-size)"),
     ("--resume", "resume", bool, "continue from the run's last checkpoint"),
 ]
 EVAL_FLAGS: list[tuple[str, str, type, str | None]] = [
@@ -135,8 +141,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, train: bool = True, ev
     for title, flags in groups:
         group = parser.add_argument_group(title)
         for flag, dest, kind, help_text in flags:
-            if kind is bool:
-                group.add_argument(flag, dest=dest, action="store_true", help=help_text)
+            if kind is bool:  # a flag flips its field's default: --resume turns on, --no-packing turns off
+                action = "store_false" if getattr(d, dest) else "store_true"
+                group.add_argument(flag, dest=dest, action=action, help=help_text)
             else:
                 group.add_argument(
                     flag, dest=dest, type=kind, default=getattr(d, dest), help=f"{help_text} (default: %(default)s)"

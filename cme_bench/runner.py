@@ -142,6 +142,8 @@ def _train_config(cfg: RunConfig) -> TrainConfig:
         max_seq_len=cfg.max_seq_len,
         checkpoint_every=cfg.checkpoint_every,
         gradient_checkpointing=cfg.gradient_checkpointing,
+        packing=cfg.packing,
+        tokens_per_batch=cfg.tokens_per_batch,
         seed=cfg.seed,
     )
 
