@@ -1,12 +1,12 @@
-"""Evaluation through lm-evaluation-harness, on the in-memory adapted model.
+"""Evaluation through lm-evaluation-harness: the one per-task loop every backend shares, and the adapter probe.
 
-lm-eval receives the very model object we trained (``HFLM(pretrained=<model>)``), never a path it would reload with
-its own loader: a routed adapter can therefore never be silently replaced by a plain one. Before scoring,
-``check_adapter_applied`` compares the adapted model's logits with the base model's on a probe batch and fails loudly
-when they are equal.
+A backend (``cme_bench.backends``) only supplies the lm-eval ``LM``; ``run_tasks`` does the rest, identically for
+every backend: the same seeds and bootstrap iterations, the same primary-metric choice and per-sample rows. Tasks run
+one at a time so that progress is reported per task and a per-task summary (primary metric, stderr, n) and
+per-sample log can be written as soon as each task finishes (a killed evaluation keeps its finished tasks).
 
-Tasks run one at a time so that progress is reported per task, including lm-eval's scoring phase, and so that a
-per-task summary (primary metric, stderr, n) and per-sample log can be written as soon as each task finishes.
+Before scoring a trained adapter, ``check_adapter_applied`` compares the adapted model's logits with the base model's
+on a probe batch and fails loudly when they are equal.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from cme_bench import backends
+from cme_bench.backends import DEFAULT_BACKEND, EvalTarget
 from cme_bench.errors import CmeError
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,7 @@ class EvalOutput:
     tasks: dict[str, TaskResult]
     lm_eval: dict[str, Any]
     seconds: float
+    backend_info: dict[str, Any] = field(default_factory=dict)  # EvalSession.describe
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -83,26 +86,6 @@ def check_adapter_applied(base_logits: torch.Tensor, model: torch.nn.Module, tok
 
 # --------------------------------------------------------------------------------------------------------------
 # lm-eval
-
-
-def _progress_lm(model: torch.nn.Module, tokenizer: Any, batch_size: int, on_phase: Callable[[str], None]):
-    """An HFLM over the in-memory model that reports when generation ends and scoring begins."""
-    from lm_eval.models.huggingface import HFLM
-
-    class ProgressHFLM(HFLM):
-        def generate_until(self, requests, disable_tqdm: bool = False):
-            on_phase(f"generating {len(requests)}")
-            out = super().generate_until(requests, disable_tqdm=disable_tqdm)
-            on_phase("scoring")
-            return out
-
-        def loglikelihood(self, requests, disable_tqdm: bool = False):
-            on_phase(f"scoring {len(requests)} continuations")
-            out = super().loglikelihood(requests, disable_tqdm=disable_tqdm)
-            on_phase("scoring")
-            return out
-
-    return ProgressHFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(model.device))
 
 
 def _pick_metric(task_results: dict[str, Any], primary: str | None) -> tuple[str, str]:
@@ -150,7 +133,7 @@ def simple_evaluate_kwargs(seed: int) -> dict[str, Any]:
 
 
 def task_result(out: dict[str, Any], task: str, primary: str | None, started: float) -> TaskResult:
-    """One task's summary and per-sample rows from a ``simple_evaluate`` output (shared with the vLLM backend)."""
+    """One task's summary and per-sample rows from a ``simple_evaluate`` output."""
     task_results = out["results"].get(task)
     if task_results is None:
         raise CmeError(f"lm-eval returned no results for {task!r}")
@@ -169,24 +152,24 @@ def task_result(out: dict[str, Any], task: str, primary: str | None, started: fl
     )
 
 
-def evaluate(
-    model: torch.nn.Module,
-    tokenizer: Any,
+def run_tasks(
+    lm: Any,
     tasks: Sequence[str],
     *,
     include_path: Sequence[Path] = (),
     limit: int | None = None,
-    batch_size: int = 16,
     seed: int = 0,
     primary_metric: Callable[[str], str | None] | None = None,
     on_task_done: Callable[[TaskResult], None] | None = None,
     progress: bool = True,
 ) -> EvalOutput:
-    """Run ``tasks`` through lm-eval's ``simple_evaluate`` on the in-memory ``model``.
+    """The one per-task evaluation loop: ``tasks`` through lm-eval's ``simple_evaluate`` on ``lm``, whatever backend.
 
     Args:
+        lm: an lm-eval ``LM`` (``EvalSession.lm``). If it has an ``on_phase`` attribute, it is set to a callable that
+            shows the phase (generating, scoring) on the progress bar.
         limit: documents per task (None: the whole test part).
-        primary_metric: task name -> the metric that summarises it (the task registry's); else the first metric.
+        primary_metric: task name -> the metric that summarises it; default: the task registry's.
         on_task_done: called after each task, e.g. to write its samples to disk at once.
     """
     from lm_eval import simple_evaluate
@@ -194,9 +177,17 @@ def evaluate(
 
     from cme_bench import taskreg
 
-    manager = taskreg.task_manager(include_path)
+    include = [Path(p) for p in include_path]
+    if primary_metric is None:
+
+        def primary_metric(task: str) -> str | None:
+            return taskreg.task_info(task, include).primary_metric
+
+    manager = taskreg.task_manager(include)
     bar = tqdm(total=len(tasks), desc="eval", disable=not progress)
-    lm = _progress_lm(model, tokenizer, batch_size, lambda phase: bar.set_postfix_str(f"{current}: {phase}"))
+    current = ""
+    if hasattr(lm, "on_phase"):
+        lm.on_phase = lambda phase: bar.set_postfix_str(f"{current}: {phase}")
     merged: dict[str, Any] = {"results": {}, "versions": {}, "n-samples": {}, "higher_is_better": {}, "configs": {}}
     results: dict[str, TaskResult] = {}
     t_all = time.perf_counter()
@@ -204,17 +195,13 @@ def evaluate(
         t0 = time.perf_counter()
         bar.set_postfix_str(f"{current}: building prompts")
         out = simple_evaluate(
-            model=lm,
-            tasks=[current],
-            limit=limit,
-            task_manager=manager,
-            **simple_evaluate_kwargs(seed),
+            model=lm, tasks=[current], limit=limit, task_manager=manager, **simple_evaluate_kwargs(seed)
         )
         if out is None:  # non-zero ranks under distributed evaluation
             continue
         for key in merged:
             merged[key].update(out.get(key, {}))
-        result = task_result(out, current, primary_metric(current) if primary_metric else None, t0)
+        result = task_result(out, current, primary_metric(current), t0)
         results[current] = result
         if on_task_done:
             on_task_done(result)
@@ -223,3 +210,25 @@ def evaluate(
         log.info("%s: %s = %.4f (n=%d, %.1fs)", current, result.metric, result.value, result.n, result.seconds)
     bar.close()
     return EvalOutput(tasks=results, lm_eval=merged, seconds=round(time.perf_counter() - t_all, 3))
+
+
+def evaluate(
+    target: EvalTarget,
+    tasks: Sequence[str],
+    *,
+    backend: str = DEFAULT_BACKEND,
+    batch_size: int = 16,
+    seed: int = 0,
+    **kwargs: Any,
+) -> EvalOutput:
+    """Evaluate one target with the named backend on a session of its own (``kwargs``: see ``run_tasks``).
+
+    The runner and the sweep open sessions themselves (to share one between runs); this is the same path for one
+    target, for scripts and tests.
+    """
+    chosen = backends.get(backend)
+    chosen.check()
+    with chosen.open([target], seed=seed, batch_size=batch_size) as session:
+        out = run_tasks(session.lm(target), tasks, seed=seed, **kwargs)
+        out.backend_info = session.describe(target)
+    return out
