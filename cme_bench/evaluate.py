@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from cme_bench import backends
-from cme_bench.backends import DEFAULT_BACKEND, EvalTarget
+from cme_bench.backends import DEFAULT_BACKEND, EvalBackend, EvalTarget
 from cme_bench.errors import CmeError
 
 log = logging.getLogger(__name__)
@@ -216,17 +216,18 @@ def evaluate(
     target: EvalTarget,
     tasks: Sequence[str],
     *,
-    backend: str = DEFAULT_BACKEND,
+    backend: str | EvalBackend = DEFAULT_BACKEND,
     batch_size: int = 16,
     seed: int = 0,
     **kwargs: Any,
 ) -> EvalOutput:
-    """Evaluate one target with the named backend on a session of its own (``kwargs``: see ``run_tasks``).
+    """Evaluate one target with a backend (a registry name or an object) on a session of its own (``kwargs``: see
+    ``run_tasks``).
 
     The runner and the sweep open sessions themselves (to share one between runs); this is the same path for one
     target, for scripts and tests.
     """
-    chosen = backends.get(backend)
+    chosen = backends.get(backend) if isinstance(backend, str) else backend
     chosen.check()
     with chosen.open([target], seed=seed, batch_size=batch_size) as session:
         out = run_tasks(session.lm(target), tasks, seed=seed, **kwargs)

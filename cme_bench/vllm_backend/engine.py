@@ -176,7 +176,7 @@ class Engine:
         from cme_bench.vllm_backend.lm_eval_model import CmeVLLM
 
         self._check_plan(plan)
-        return CmeVLLM(self, plan, batch_size=batch_size, **lm_kwargs)
+        return CmeVLLM(self.llm, self.llm_kwargs, self.lora_request(plan), batch_size=batch_size, **lm_kwargs)
 
     # -- lifetime -----------------------------------------------------------------------------------------------
 
