@@ -71,7 +71,8 @@ class HFBackend:
         return None
 
     def group_key(self, target: EvalTarget) -> Hashable:
-        return id(target)  # nothing to share between sessions
+        # A session holds nothing to share: one group per target keeps the sweep's log honest.
+        return target.model_spec, None if target.adapter_dir is None else str(target.adapter_dir)
 
     def open(self, targets: Sequence[EvalTarget], *, seed: int, batch_size: int) -> HFSession:
         return HFSession(batch_size)
