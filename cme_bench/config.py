@@ -139,6 +139,12 @@ class RunConfig(TrainConfig):
     limit: int | None = setting(20, "test documents per task (0: all)", group="evaluation")
     eval_batch_size: int = setting(16, "generation batch size", group="evaluation")
     backend: str = setting(DEFAULT_BACKEND, "evaluation backend", group="evaluation")
+    eval_one_at_a_time: bool = setting(
+        False,
+        "evaluate one task at a time, each recorded as soon as it finishes (default: every task's requests together, "
+        "batched across tasks as lm-eval does)",
+        group="evaluation",
+    )
     # bookkeeping
     force: bool = False
     tag: str | None = None

@@ -1,9 +1,10 @@
 """Evaluation through lm-evaluation-harness: the one per-task loop every backend shares, and the adapter probe.
 
 A backend (``cme_bench.backends``) only supplies the lm-eval ``LM``; ``run_tasks`` does the rest, identically for
-every backend: the same seeds and bootstrap iterations, the same primary-metric choice and per-sample rows. Tasks run
-one at a time so that progress is reported per task and a per-task summary (primary metric, stderr, n) and
-per-sample log can be written as soon as each task finishes (a killed evaluation keeps its finished tasks).
+every backend: the same seeds and bootstrap iterations, the same primary-metric choice and per-sample rows. All
+tasks' requests go to the model together by default (lm-eval batches them across tasks); each task's summary (primary
+metric, stderr, n) and per-sample log is then handed over task by task. ``one_at_a_time`` evaluates and hands over
+each task as soon as it finishes instead (a killed evaluation keeps the finished tasks).
 
 Before scoring a trained adapter, ``check_adapter_applied`` compares the adapted model's logits with the base model's
 on a probe batch and fails loudly when they are equal.
@@ -132,7 +133,7 @@ def simple_evaluate_kwargs(seed: int) -> dict[str, Any]:
     }
 
 
-def task_result(out: dict[str, Any], task: str, primary: str | None, started: float) -> TaskResult:
+def task_result(out: dict[str, Any], task: str, primary: str | None, seconds: float) -> TaskResult:
     """One task's summary and per-sample rows from a ``simple_evaluate`` output."""
     task_results = out["results"].get(task)
     if task_results is None:
@@ -147,7 +148,7 @@ def task_result(out: dict[str, Any], task: str, primary: str | None, started: fl
         value=float(task_results[key]),
         stderr=float(stderr) if isinstance(stderr, (int, float)) else None,
         n=len(rows),
-        seconds=round(time.perf_counter() - started, 3),
+        seconds=round(seconds, 3),
         samples=rows,
     )
 
@@ -162,15 +163,21 @@ def run_tasks(
     primary_metric: Callable[[str], str | None] | None = None,
     on_task_done: Callable[[TaskResult], None] | None = None,
     progress: bool = True,
+    one_at_a_time: bool = False,
 ) -> EvalOutput:
-    """The one per-task evaluation loop: ``tasks`` through lm-eval's ``simple_evaluate`` on ``lm``, whatever backend.
+    """The one evaluation loop: ``tasks`` through lm-eval's ``simple_evaluate`` on ``lm``, whatever the backend.
+
+    By default every task's requests go to the model together (one ``simple_evaluate`` call, as lm-eval's own CLI
+    does with several tasks: requests of one type are batched across tasks, and the fixed cost of a call is paid
+    once); the results are then handed to ``on_task_done`` task by task. ``one_at_a_time`` runs one call per task
+    instead, so that a task's results are recorded as soon as it finishes (a killed evaluation keeps them).
 
     Args:
         lm: an lm-eval ``LM`` (``EvalSession.lm``). If it has an ``on_phase`` attribute, it is set to a callable that
             shows the phase (generating, scoring) on the progress bar.
         limit: documents per task (None: the whole test part).
         primary_metric: task name -> the metric that summarises it; default: the task registry's.
-        on_task_done: called after each task, e.g. to write its samples to disk at once.
+        on_task_done: called for each task, in order, e.g. to write its samples to disk at once.
     """
     from lm_eval import simple_evaluate
     from tqdm.auto import tqdm
@@ -185,29 +192,30 @@ def run_tasks(
 
     manager = taskreg.task_manager(include)
     bar = tqdm(total=len(tasks), desc="eval", disable=not progress)
-    current = ""
+    label = ""
     if hasattr(lm, "on_phase"):
-        lm.on_phase = lambda phase: bar.set_postfix_str(f"{current}: {phase}")
+        lm.on_phase = lambda phase: bar.set_postfix_str(f"{label}: {phase}")
     merged: dict[str, Any] = {"results": {}, "versions": {}, "n-samples": {}, "higher_is_better": {}, "configs": {}}
     results: dict[str, TaskResult] = {}
     t_all = time.perf_counter()
-    for current in tasks:
+    for chunk in [[t] for t in tasks] if one_at_a_time else [list(tasks)] if tasks else []:
         t0 = time.perf_counter()
-        bar.set_postfix_str(f"{current}: building prompts")
-        out = simple_evaluate(
-            model=lm, tasks=[current], limit=limit, task_manager=manager, **simple_evaluate_kwargs(seed)
-        )
+        label = chunk[0] if len(chunk) == 1 else f"{len(chunk)} tasks"
+        bar.set_postfix_str(f"{label}: building prompts")
+        out = simple_evaluate(model=lm, tasks=chunk, limit=limit, task_manager=manager, **simple_evaluate_kwargs(seed))
         if out is None:  # non-zero ranks under distributed evaluation
             continue
         for key in merged:
             merged[key].update(out.get(key, {}))
-        result = task_result(out, current, primary_metric(current), t0)
-        results[current] = result
-        if on_task_done:
-            on_task_done(result)
-        bar.update(1)
-        bar.set_postfix_str(f"{current}: {result.metric}={result.value:.3f}")
-        log.info("%s: %s = %.4f (n=%d, %.1fs)", current, result.metric, result.value, result.n, result.seconds)
+        seconds = (time.perf_counter() - t0) / len(chunk)  # tasks run together share the call's time evenly
+        for task in chunk:
+            result = task_result(out, task, primary_metric(task), seconds)
+            results[task] = result
+            if on_task_done:
+                on_task_done(result)
+            bar.update(1)
+            bar.set_postfix_str(f"{task}: {result.metric}={result.value:.3f}")
+            log.info("%s: %s = %.4f (n=%d, %.1fs)", task, result.metric, result.value, result.n, result.seconds)
     bar.close()
     return EvalOutput(tasks=results, lm_eval=merged, seconds=round(time.perf_counter() - t_all, 3))
 

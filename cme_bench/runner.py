@@ -284,6 +284,7 @@ def evaluate_stage(state: RunState, session: EvalSession) -> None:
         limit=cfg.limit,
         seed=cfg.seed,
         on_task_done=record.add_task,
+        one_at_a_time=cfg.eval_one_at_a_time,
     )
     lm = out.lm_eval
     record.data["evaluation"] = {
