@@ -324,3 +324,25 @@ def test_a_registered_backend_drives_the_sweep_through_its_grouping_hook(tmp_pat
     for rec in records:
         assert rec["status"] == "success" and rec["evaluation"]["backend"] == "one-engine-hf"
         assert rec["metrics"]["cme_mini_boolq"]["n"] == 2
+
+
+def test_tasks_together_score_as_one_at_a_time():
+    """All tasks' requests in one lm-eval call give each task exactly the per-task loop's results, handed over in
+    order, task by task (what the run record writes)."""
+    from cme_bench.backends import EvalTarget
+    from cme_bench.evaluate import evaluate
+    from cme_bench.models import load_model
+
+    loaded = load_model("tiny-llama")
+    target = EvalTarget("tiny-llama", None, model=loaded.model, tokenizer=loaded.tokenizer)
+    tasks = [*TASKS.split(","), "cme_mini_nq_open"]  # two multiple-choice tasks and a generation task
+    runs = {}
+    for one in (True, False):
+        done: list = []
+        out = evaluate(
+            target, tasks, limit=3, batch_size=4, progress=False, one_at_a_time=one, on_task_done=done.append
+        )
+        assert [r.task for r in done] == tasks
+        runs[one] = {t: (r.metric, r.value, r.n, [s["prediction"] for s in r.samples]) for t, r in out.tasks.items()}
+        assert set(out.lm_eval["results"]) == set(tasks)
+    assert runs[True] == runs[False]
