@@ -167,7 +167,8 @@ def _costs(result, model, tokenizer) -> dict[str, Any]:
     }
 
 
-def _finish(record: RunLog, status: str, exc: BaseException | None = None) -> None:
+def finish(record: RunLog, status: str, exc: BaseException | None = None) -> None:
+    """The last stage: the run's final status (success, failed, cancelled), its error and the finishing time."""
     record.update(status=status, error=results.error_info(exc) if exc else None, finished_at=results.now())
 
 
@@ -176,13 +177,13 @@ def _guarded(record: RunLog, body, *, finish: bool = True) -> dict[str, Any]:
     try:
         body()
     except KeyboardInterrupt as exc:
-        _finish(record, "cancelled", exc)
+        finish(record, "cancelled", exc)
         raise
     except Exception as exc:
-        _finish(record, "failed", exc)
+        finish(record, "failed", exc)
         raise
     if finish:
-        _finish(record, "success")
+        finish(record, "success")
     return record.data
 
 
@@ -194,10 +195,6 @@ def prepare(cfg: RunConfig, run_id: str, name: str) -> RunState:
     """Open (or, with ``resume``, reopen) the run's record; the next stage resolves its tasks (inside its guard)."""
     record = _open_record(cfg, run_id, name)
     return RunState(cfg, record, [])
-
-
-def _tasks_stage(state: RunState) -> None:
-    state.tasks = _tasks(state.cfg)
 
 
 def _already_trained(state: RunState) -> bool:
@@ -250,7 +247,7 @@ def save_stage(state: RunState, trained: Trained) -> None:
 
 def train_and_save(state: RunState) -> None:
     """The train and save stages, or neither when ``resume`` finds the adapter already saved."""
-    _tasks_stage(state)
+    state.tasks = _tasks(state.cfg)
     if _already_trained(state):
         log.info("%s: adapter already trained (%s); not training again", state.record.dir.name, state.record.dir)
         state.adapter_dir = state.record.dir / "adapter"
@@ -263,7 +260,7 @@ def train_and_save(state: RunState) -> None:
 def load_stage(state: RunState, adapter_path: Path | None) -> None:
     """For a run that evaluates without training: load the base (and ``adapter_path``) and describe them."""
     loaded, _ = _load_base(state.cfg, state.record)
-    _tasks_stage(state)
+    state.tasks = _tasks(state.cfg)
     model = loaded.model
     if adapter_path is not None:
         base_logits = probe_logits(model, loaded.tokenizer)
