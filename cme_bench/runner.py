@@ -172,8 +172,8 @@ def finish(record: RunLog, status: str, exc: BaseException | None = None) -> Non
     record.update(status=status, error=results.error_info(exc) if exc else None, finished_at=results.now())
 
 
-def _guarded(record: RunLog, body, *, finish: bool = True) -> dict[str, Any]:
-    """Run ``body()``; if it raises, the record ends as failed or cancelled, else as success (when ``finish``)."""
+def _guarded(record: RunLog, body, *, last: bool = True) -> dict[str, Any]:
+    """Run ``body()``; if it raises, the record ends as failed or cancelled, else (when ``last``) as success."""
     try:
         body()
     except KeyboardInterrupt as exc:
@@ -182,7 +182,7 @@ def _guarded(record: RunLog, body, *, finish: bool = True) -> dict[str, Any]:
     except Exception as exc:
         finish(record, "failed", exc)
         raise
-    if finish:
+    if last:
         finish(record, "success")
     return record.data
 
@@ -391,7 +391,7 @@ def sweep(cfg: RunConfig, adapter_names: list[str], *, baseline: bool = True) ->
             state = prepare(one, run_id, label)
             if name != NO_ADAPTER:
                 log.info("sweep %d/%d: training %s", i, len(names), name)
-                _guarded(state.record, partial(train_and_save, state), finish=False)
+                _guarded(state.record, partial(train_and_save, state), last=False)
                 state.model = state.tokenizer = None  # evaluation loads it again when it needs it: memory stays flat
             pending[name] = state
         except KeyboardInterrupt:
