@@ -73,6 +73,8 @@ class Table:
     columns: tuple[Column, ...]
     rows: tuple[Row, ...]
     notes: tuple[str, ...] = ()
+    # Columns whose best value is not statistically separable from the rest: no "best" is marked there.
+    inseparable: frozenset[str] = frozenset()
 
     def index(self, key: str) -> int:
         for i, column in enumerate(self.columns):
@@ -92,10 +94,11 @@ class Table:
         raise KeyError(f"no row {row_key!r}")
 
     def best_rows(self, key: str) -> set[int]:
-        """Indices of the successful rows holding the best value of an ordered numeric column (ties all count)."""
+        """Indices of the successful rows holding the best value of an ordered numeric column (ties all count); empty
+        where the builder found the best not separable from the others (``inseparable``)."""
         i = self.index(key)
         column = self.columns[i]
-        if not column.ordered:
+        if not column.ordered or key in self.inseparable:
             return set()
         values = {r: row.cells[i].value for r, row in enumerate(self.rows) if row.ok and row.cells[i].is_number}
         if not values:
