@@ -162,8 +162,9 @@ def short_labels(entries: list[Entry]) -> dict[str, str]:
     extra = differing_settings({e.key: label_settings(e.run) for e in entries})
     out = {}
     for e in entries:
-        name = "base model" if e.run.is_base and e.run.name in (e.run.method, e.run.run_id) else e.run.name
-        out[e.key] = " · ".join([name, *extra[e.key]])
+        name = "base model" if e.run.is_base and e.run.name == e.run.method else e.run.name
+        seeds = [f"{e.n_seeds} seeds"] if e.n_seeds > 1 else []
+        out[e.key] = " · ".join([name, *extra[e.key], *seeds])
     return out
 
 
@@ -210,7 +211,7 @@ def set_cell(analysis: Analysis, entry: Entry) -> Cell:
 
 
 def eval_set_text(es: EvalSet) -> str:
-    limit = f"limit {es.limit}" if es.limit else "all documents"
+    limit = f"{es.limit} documents per task" if es.limit else "all documents"
     return f"{len(es.tasks)} task(s), {limit}"
 
 

@@ -397,7 +397,7 @@ def _fmt_value(value: Any) -> str:
 
 
 def _numbers(section: Mapping[str, Any]) -> dict[str, Any]:
-    """A record section with numeric-looking fields that are not numbers dropped (a record may be written by anyone)."""
+    """A record section less numeric fields that hold something else (a record may be written by anyone)."""
     out = {}
     for k, v in section.items():
         if k in NUMERIC_FIELDS and (isinstance(v, bool) or not isinstance(v, (int, float))):
@@ -407,8 +407,17 @@ def _numbers(section: Mapping[str, Any]) -> dict[str, Any]:
 
 
 NUMERIC_FIELDS = frozenset(
-    {"seconds", "steps", "examples", "tokens", "tokens_per_second", "peak_memory_bytes", "parameters",
-     "trainable_parameters", "trainable_share"}
+    {
+        "seconds",
+        "steps",
+        "examples",
+        "tokens",
+        "tokens_per_second",
+        "peak_memory_bytes",
+        "parameters",
+        "trainable_parameters",
+        "trainable_share",
+    }
 )
 
 
@@ -534,47 +543,59 @@ def _pairs(points: Any) -> list[tuple[float, float]]:
     return out
 
 
-# (title, record section, field, axis label with unit, log-scale x, tick/value formatter) of each cost plot
+def _time_unit(values: list[float]) -> tuple[float, str]:
+    """Seconds, minutes or hours, whichever keeps the axis numbers small and round."""
+    top = max(values, default=0.0)
+    return (3600.0, "h") if top >= 3 * 3600 else (60.0, "min") if top >= 180 else (1.0, "s")
+
+
+# (title, record section, field, axis name, unit chooser: values -> (divisor, unit) or None for counts)
 COST_AXES = (
-    ("trainable parameters", "adapter", "trainable_parameters", "trainable parameters (log scale)", True, fmt_count),
-    ("training time", "training", "seconds", "training time (s, log scale)", True, fmt_seconds),
+    ("trainable parameters", "adapter", "trainable_parameters", "trainable parameters", None),
+    ("training time", "training", "seconds", "training time", _time_unit),
 )
 
 
 def _cost_figure(a: Analysis, entries: list[Entry], labels: Mapping[str, str], axis: tuple, ranking_label: str):
     """One scatter plot (score vs a cost, log axis) with its Pareto front. The base model (no cost) is a dashed line,
     and every run that cannot be plotted is listed with the reason."""
-    title, section, field, label, log_x, fmt = axis
+    title, section, field, name, unit_of = axis
     key = a.ranking_key
     plotted, missing, base = [], [], None
     for e in entries:
         score = a.aggregates[(e.key, key)].value
         if e.run.is_base:
             if base is None:
-                base = (score, f"base model ({labels[e.key]}): {fmt_score(score, True)}")
+                who = "" if labels[e.key] == "base model" else f" ({labels[e.key]})"
+                base = (score, f"base model{who}: {fmt_score(score, True)}")
             continue
         values = [r.section(section).get(field) for r in e.runs]
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in values):
             plotted.append((e, sum(values) / len(values), score))
         else:
             missing.append({"name": labels[e.key], "slug": slug(e.key), "reason": f"no {title}"})
+    divisor, unit = unit_of([c for _, c, _ in plotted]) if unit_of else (1.0, "")
     front = pareto_front([c for _, c, _ in plotted], [s for _, _, s in plotted])
     figure = svg.scatter(
-        [(c, s, labels[e.key]) for e, c, s in plotted],
+        [(c / divisor, s, labels[e.key]) for e, c, s in plotted],
         front,
         title=f"{ranking_label} vs {title}",
-        xlabel=label,
+        xlabel=f"{name} ({unit}, log scale)" if unit else f"{name} (log scale)",
         ylabel=f"{ranking_label} (%)",
-        log_x=log_x,
-        xfmt=(lambda v: fmt_count(v)) if fmt is fmt_count else (lambda v: fmt_seconds(v)),
-        baseline=(base[0], base[1]) if base else None,
+        log_x=True,
+        xfmt=(lambda v: f"{v:g}") if unit else fmt_count,
+        baseline=base,
     )
+
+    def cost_text(c: float) -> str:
+        return fmt_seconds(c) if unit else fmt_count(c)
+
     listed = [
         {
             "name": labels[plotted[i][0].key],
             "slug": slug(plotted[i][0].key),
             "score": fmt_score(plotted[i][2], True),
-            "cost": fmt(plotted[i][1]),
+            "cost": cost_text(plotted[i][1]),
         }
         for i in front
     ]

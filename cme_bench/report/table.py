@@ -94,8 +94,8 @@ class Table:
         raise KeyError(f"no row {row_key!r}")
 
     def best_rows(self, key: str) -> set[int]:
-        """Indices of the successful rows holding the best value of an ordered numeric column (ties all count); empty
-        where the builder found the best not separable from the others (``inseparable``)."""
+        """Index of the successful row holding the best value of an ordered numeric column; empty where several rows
+        share that value or the builder found the best not separable from the others (``inseparable``)."""
         i = self.index(key)
         column = self.columns[i]
         if not column.ordered or key in self.inseparable:
@@ -104,4 +104,5 @@ class Table:
         if not values:
             return set()
         best = max(values.values()) if column.higher_is_better else min(values.values())
-        return {r for r, v in values.items() if v == best}
+        rows = {r for r, v in values.items() if v == best}
+        return rows if len(rows) == 1 else set()
