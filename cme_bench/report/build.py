@@ -377,21 +377,23 @@ def leaderboard_table(
     ]
     columns = _leaderboard_columns(analysis, pct, cost_keys, tasks, domains)
     ok_keys = [e.key for e in ordered if e.ok]
-    inseparable = frozenset(
+    inseparable = {
         c.key
         for c in columns
         if c.group in ("aggregate", "domain", "task")
         and c.key != "win_rate"
         and c.ordered
         and not analysis.best_separable(ok_keys, c.key, bool(c.higher_is_better))
-    )
+    }
+    if key is None or key in inseparable:  # the win rate has no interval: it is as separable as the ranking column
+        inseparable.add("win_rate")
     notes = (
         f"Ranked by {AGGREGATE_LABELS[key][0] if key else '—'}; intervals are 95% bootstrap intervals; "
         f"rank ranges separate runs at alpha = {ALPHA} (paired bootstrap); shaded rows with one tie group are not "
         "separable; bold marks a best value only where it is separable from every other row.",
     )
     title = "Leaderboard" if es is None or es.primary else f"Evaluated on other documents ({es.label})"
-    return Table(title, columns, tuple(rows), notes, inseparable)
+    return Table(title, columns, tuple(rows), notes, frozenset(inseparable))
 
 
 def _leaderboard_columns(
