@@ -224,6 +224,16 @@ def rank_cell(rank: Rank | None, note: str = "") -> Cell:
     )
 
 
+def descriptive_cells(analysis: Analysis) -> dict[str, tuple[Cell, ...]]:
+    """Per entry: its label cell, then seeds, eval set and info cells, the same on every task and domain page
+    (computed once per report: a 500-run report has 30 task pages)."""
+    labels = short_labels(analysis.entries)
+    return {
+        e.key: (label_cell(e, labels[e.key]), seeds_cell(e), set_cell(analysis, e), *info_cells(e))
+        for e in analysis.entries
+    }
+
+
 def _sorted_entries(entries: list[Entry], key: str | None, lookup) -> list[Entry]:
     def sort_key(e: Entry):
         value = lookup(e.key, key) if key and e.ok else None
@@ -522,7 +532,7 @@ def _task_entries(analysis: Analysis, task: str) -> list[Entry]:
     ]
 
 
-def task_table(analysis: Analysis, task: str) -> Table:
+def task_table(analysis: Analysis, task: str, desc: Mapping[str, tuple[Cell, ...]] | None = None) -> Table:
     meta = analysis.tasks[task]
     percent = percent_tasks(analysis)[task]
     ranks = task_ranks(analysis, task)
@@ -553,18 +563,18 @@ def task_table(analysis: Analysis, task: str) -> Table:
 
     entries = [e for e in _task_entries(analysis, task) if e.ok or e.eval_set in analysis.eval_sets]
     ordered = _sorted_entries(entries, task, lookup)
-    labels = short_labels(ordered)
+    desc = desc or descriptive_cells(analysis)
     for e in ordered:
         score = analysis.scores.get((e.key, task))
         es = analysis.eval_sets.get(e.eval_set)
         other = "" if es is None or es.primary else f"ranked within {es.label} (other documents)"
-        cells = [rank_cell(ranks.get(e.key), other), label_cell(e, labels[e.key]), score_cell(score, percent)]
+        cells = [rank_cell(ranks.get(e.key), other), desc[e.key][0], score_cell(score, percent)]
         cells += [
             Cell(score.stderr, fmt_score(score.stderr, percent)) if score and score.stderr is not None else EMPTY,
             Cell(score.n, str(score.n)) if score and score.n is not None else EMPTY,
         ]
         cells += _vs_base(analysis, e, task, percent)
-        cells += [seeds_cell(e), set_cell(analysis, e), *info_cells(e)]
+        cells += desc[e.key][1:]
         rows.append(Row(e.key, tuple(cells), e.run.status, entry_meta(e)))
     ok_keys = [e.key for e in ordered if e.ok and analysis.eval_sets[e.eval_set].primary]
     inseparable = frozenset(
@@ -597,7 +607,7 @@ def _vs_base(analysis: Analysis, entry: Entry, task: str, percent: bool) -> list
     return [delta, Cell(test["p"], f"{test['p']:.3g}{star}", note=test["test"])]
 
 
-def domain_table(analysis: Analysis, domain: str) -> Table:
+def domain_table(analysis: Analysis, domain: str, desc: Mapping[str, tuple[Cell, ...]] | None = None) -> Table:
     members, pct = analysis.domains[domain], percent_tasks(analysis)
     columns = [
         Column("rank", "Rank", "info"),
@@ -626,15 +636,15 @@ def domain_table(analysis: Analysis, domain: str) -> Table:
         if not e.ok or any(analysis.scores.get((e.key, t), Score(None)).value is not None for t in members)
     ]
     ordered = _sorted_entries(entries, f"domain:{domain}", lookup)
-    labels = short_labels(ordered)
+    desc = desc or descriptive_cells(analysis)
     rows = []
     for e in ordered:
         cells = [
             EMPTY,
-            label_cell(e, labels[e.key]),
+            desc[e.key][0],
             score_cell(analysis.aggregates.get((e.key, f"domain:{domain}")), True),
         ]
         cells += [score_cell(analysis.scores.get((e.key, t)), pct[t], href=f"tasks/{slug(t)}.html") for t in members]
-        cells += [seeds_cell(e), set_cell(analysis, e), *info_cells(e)]
+        cells += desc[e.key][1:]
         rows.append(Row(e.key, tuple(cells), e.run.status, entry_meta(e)))
     return Table(f"Domain: {domain}", tuple(columns), tuple(rows))

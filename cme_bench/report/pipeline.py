@@ -14,7 +14,7 @@ from pathlib import Path
 
 from cme_bench.report import stats
 from cme_bench.report.analysis import Analysis, analyse
-from cme_bench.report.build import domain_table, leaderboard_tables, task_table
+from cme_bench.report.build import descriptive_cells, domain_table, leaderboard_tables, task_table
 from cme_bench.report.files import write_text_replace
 from cme_bench.report.load import load_profiles, load_runs
 from cme_bench.report.references import Reference, references
@@ -58,11 +58,12 @@ def build_report(
     analysis = analyse(runs, info, n_boot=n_boot, seed=seed)  # type: ignore[arg-type]
     profiles = load_profiles(results)
     boards = leaderboard_tables(analysis, profiles)
+    desc = descriptive_cells(analysis)
     return Report(
         analysis,
         boards[0],
-        {t: task_table(analysis, t) for t in analysis.tasks},
-        {d: domain_table(analysis, d) for d in analysis.domains},
+        {t: task_table(analysis, t, desc) for t in analysis.tasks},
+        {d: domain_table(analysis, d, desc) for d in analysis.domains},
         boards[1:],
         references(reference_files, builtin=builtin_references),
     )
@@ -72,6 +73,7 @@ def write_text_outputs(report: Report, out: Path) -> dict[str, Path]:
     from cme_bench.report.render_text import references_markdown, table_frame, to_csv, to_json, to_latex, to_markdown
 
     board = report.leaderboard
+    frame = table_frame(board)
     md = "# cme-bench leaderboard\n\n" + to_markdown(board)
     for other in report.others:
         md += f"\n## {other.title}\n\nNot ranked against the leaderboard above.\n\n" + to_markdown(other)
@@ -80,7 +82,7 @@ def write_text_outputs(report: Report, out: Path) -> dict[str, Path]:
     md += "\n## Statistical methods\n\n" + stats.methods_text(report.analysis.n_boot)
     files = {
         "md": (out / "leaderboard.md", md),
-        "csv": (out / "leaderboard.csv", to_csv(board)),
+        "csv": (out / "leaderboard.csv", to_csv(board, frame)),
         "tex": (out / "leaderboard.tex", to_latex(board, caption="cme-bench leaderboard. " + " ".join(board.notes))),
         "json": (
             out / "leaderboard.json",
@@ -98,7 +100,7 @@ def write_text_outputs(report: Report, out: Path) -> dict[str, Path]:
     for path, text in files.values():
         write_text_replace(path, text)
     written = {k: v[0] for k, v in files.items()}
-    parquet = _write_parquet(table_frame(board), out / "leaderboard.parquet")
+    parquet = _write_parquet(frame, out / "leaderboard.parquet")
     if parquet is not None:
         written["parquet"] = parquet
     return written

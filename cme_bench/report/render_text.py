@@ -68,9 +68,10 @@ def table_frame(table: Table):
     return pd.DataFrame(data, columns=list(data))
 
 
-def to_csv(table: Table) -> str:
-    """The table's DataFrame as CSV, with text that a spreadsheet would run as a formula quoted out."""
-    frame = table_frame(table).map(_csv_value)
+def to_csv(table: Table, frame=None) -> str:
+    """The table's DataFrame (``frame``, if already built) as CSV, with text that a spreadsheet would run as a
+    formula quoted out."""
+    frame = (table_frame(table) if frame is None else frame).map(_csv_value)
     return frame.to_csv(index=False, lineterminator="\n")
 
 
