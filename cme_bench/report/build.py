@@ -313,7 +313,7 @@ def fmt_cost(key: str, value: float | None) -> str:
         return fmt_bytes(value)
     if "per_s" in key or key.endswith("parameters"):
         return fmt_count(value)
-    return f"{value:.3g}"
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
 
 
 def efficiency_value(run: RunRecord, section: str, name: str) -> float | None:
@@ -564,6 +564,7 @@ def task_table(analysis: Analysis, task: str, desc: Mapping[str, tuple[Cell, ...
     entries = [e for e in _task_entries(analysis, task) if e.ok or e.eval_set in analysis.eval_sets]
     ordered = _sorted_entries(entries, task, lookup)
     desc = desc or descriptive_cells(analysis)
+    ties = tie_groups_shown([e.key for e in ordered], ranks)
     for e in ordered:
         score = analysis.scores.get((e.key, task))
         es = analysis.eval_sets.get(e.eval_set)
@@ -575,10 +576,11 @@ def task_table(analysis: Analysis, task: str, desc: Mapping[str, tuple[Cell, ...
         ]
         cells += _vs_base(analysis, e, task, percent)
         cells += desc[e.key][1:]
-        rows.append(Row(e.key, tuple(cells), e.run.status, entry_meta(e)))
+        rows.append(Row(e.key, tuple(cells), e.run.status, entry_meta(e, ties.get(e.key))))
     ok_keys = [e.key for e in ordered if e.ok and analysis.eval_sets[e.eval_set].primary]
+    # Δ vs base is judged by its own p-value (shown beside it), never by being the largest.
     inseparable = frozenset(
-        () if analysis.best_separable(ok_keys, f"task:{task}", meta.higher_is_better) else ("score",)
+        ("delta",) if analysis.best_separable(ok_keys, f"task:{task}", meta.higher_is_better) else ("score", "delta")
     )
     return Table(
         meta.display_name,

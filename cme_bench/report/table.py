@@ -101,7 +101,7 @@ class Table:
         if not column.ordered or key in self.inseparable:
             return set()
         values = {r: row.cells[i].value for r, row in enumerate(self.rows) if row.ok and row.cells[i].is_number}
-        if not values:
+        if len(values) < 2:  # a lone value is not "the best" of anything
             return set()
         best = max(values.values()) if column.higher_is_better else min(values.values())
         rows = {r for r, v in values.items() if v == best}
