@@ -1,7 +1,8 @@
 """The HTML leaderboard in a real headless Chromium (Debian's ``chromium`` package driven by Playwright).
 
-Never runs ``playwright install``: the browser is /usr/bin/chromium. Screenshots go to ``results/screenshots/``
-(ignored by git). Install with ``apt-get install -y chromium`` and ``pip install playwright``.
+Never runs ``playwright install``: the browser is /usr/bin/chromium. Screenshots go to ``screenshots/`` (ignored by
+git; the layout tests save the leaderboard at phone, tablet and desktop widths there). Install with
+``apt-get install -y chromium`` and ``pip install playwright``.
 """
 
 from __future__ import annotations
@@ -161,12 +162,11 @@ def test_other_pages_render(site, page):
 
 def test_screenshots_folder_is_ignored():
     gitignore = (Path(__file__).resolve().parents[1] / ".gitignore").read_text()
-    assert "/results/*" in gitignore
+    assert "/results/*" in gitignore and "/screenshots/" in gitignore
 
 
 # --- reading the leaderboard: score-first layout, ties, seeds, evaluation sets, references, cost plots ----------
 
-SCREENSHOT_DIR = Path(__file__).resolve().parents[1] / "screenshots"  # git-ignored
 WIDTHS = {"desktop": (1280, 800), "tablet": (800, 900), "phone": (390, 844)}
 
 
@@ -203,13 +203,13 @@ def test_first_score_cell_is_on_the_first_screen(default_site, browser, device):
     assert _inside(first.locator("td[data-key=rank]").bounding_box(), width, height)
     label = first.locator("td[data-key=run]")
     assert label.get_attribute("title").startswith("smollm2-135m--")  # full id on hover
-    SCREENSHOT_DIR.mkdir(exist_ok=True)
-    page.screenshot(path=str(SCREENSHOT_DIR / f"leaderboard-{device}-{width}.png"))
+    SCREENSHOTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"leaderboard-{device}-{width}.png"))
     # Scrolled sideways, rank and label stay where they were (sticky).
     before = label.bounding_box()["x"]
     page.locator("#board").evaluate("t => t.parentElement.scrollLeft = 600")
     assert label.bounding_box()["x"] == pytest.approx(before, abs=1)
-    page.screenshot(path=str(SCREENSHOT_DIR / f"leaderboard-{device}-{width}-scrolled.png"))
+    page.screenshot(path=str(SCREENSHOTS / f"leaderboard-{device}-{width}-scrolled.png"))
     page.close()
     assert problems == []
 

@@ -162,7 +162,7 @@ def short_labels(entries: list[Entry]) -> dict[str, str]:
     extra = differing_settings({e.key: label_settings(e.run) for e in entries})
     out = {}
     for e in entries:
-        name = "base model" if e.run.is_base and e.run.name == e.run.method else e.run.name
+        name = "base model" if e.run.is_base and e.run.name in (e.run.method, "base", "none") else e.run.name
         seeds = [f"{e.n_seeds} seeds"] if e.n_seeds > 1 else []
         out[e.key] = " · ".join([name, *extra[e.key], *seeds])
     return out
