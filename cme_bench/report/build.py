@@ -18,7 +18,7 @@ from types import MappingProxyType
 from cme_bench.report.analysis import AGGREGATES, Analysis, Entry, EvalSet, Rank, Score, task_ranks
 from cme_bench.report.groups import differing_settings
 from cme_bench.report.load import RunRecord
-from cme_bench.report.stats import ALPHA, POWER
+from cme_bench.report.stats import ALPHA, POWER, Z_ALPHA
 from cme_bench.report.table import EMPTY, Cell, Column, Row, Table
 
 AGGREGATE_LABELS = {
@@ -458,27 +458,35 @@ def _leaderboard_columns(
 
 
 def vs_leader_cells(analysis: Analysis, entry: Entry) -> list[Cell]:
+    """Behind leader, detectable difference and documents to resolve (see stats.METHODS, "What a tie means")."""
     v = analysis.vs_leader.get(entry.key)
     if v is None:
         return [EMPTY, EMPTY, EMPTY]
+    gap = fmt_score(v.delta, True)
     se = "" if v.se is None else f"; paired se {fmt_score(v.se, True)} pp"
-    tied = v.mdd is not None and v.delta < 1.959963984540054 * (v.se or 0.0)
-    verdict = ("not separable: " + ("too few documents" if v.mdd > v.delta else "")) if tied and v.mdd else ""
-    delta = Cell(v.delta, fmt_score(v.delta, True), note=f"{fmt_score(v.delta, True)} pp behind the leader{se}")
-    mdd = (
-        Cell(
-            v.mdd,
-            fmt_score(v.mdd, True),
-            note=f"differences below {fmt_score(v.mdd, True)} pp go undetected "
-            f"{round(100 * (1 - POWER))}% of the time on these {v.n_docs or '?'} documents per task",
-        )
-        if v.mdd is not None
-        else EMPTY
+    delta = Cell(v.delta, gap, note=f"{gap} pp behind the leader{se}")
+    if v.mdd is None:
+        return [delta, EMPTY, EMPTY]
+    mdd_text = fmt_score(v.mdd, True)
+    mdd = Cell(
+        v.mdd,
+        mdd_text,
+        note=f"a true difference of {mdd_text} pp is detected {round(100 * POWER)}% of the time on these "
+        f"{v.n_docs or '?'} documents per task (paired, alpha {ALPHA}); smaller ones are missed more often",
     )
+    if v.delta == 0:
+        return [delta, mdd, Cell(note="equal scores: no number of documents separates them")]
+    separable = v.se is not None and v.delta > Z_ALPHA * v.se
+    if separable:
+        verdict = "separable from the leader"
+    elif v.delta < v.mdd:
+        verdict = "not separable: the gap is below what these documents can detect (too few documents)"
+    else:
+        verdict = "not separable at this alpha"
     need = (
-        Cell(float(v.docs_needed), f"≈{fmt_count(v.docs_needed)}", note=f"now {v.n_docs} per task. {verdict}".strip())
+        Cell(float(v.docs_needed), f"≈{fmt_count(v.docs_needed)}", note=f"now {v.n_docs} per task; {verdict}")
         if v.docs_needed is not None
-        else Cell(note="equal scores: no number of documents separates them" if v.delta == 0 else "")
+        else Cell(note=verdict)
     )
     return [delta, mdd, need]
 
