@@ -8,6 +8,7 @@ each other relatively, so the folder works from ``file://`` with no server and n
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Mapping
@@ -85,7 +86,8 @@ def table_rows(table: Table, root: str) -> Markup:
         + (f' data-sticky="{STICKY[c.key]}"' if c.key in STICKY else "")
         for c in table.columns
     ]
-    root_e = escape(root)
+    root_e = str(escape(root))
+    cached = [c.group == "info" and c.key != "rank" for c in table.columns]
     out = []
     shade: dict[str, int] = {}
     for r, row in enumerate(table.rows):
@@ -103,17 +105,25 @@ def table_rows(table: Table, root: str) -> Markup:
             f'data-status="{escape(row.status)}" data-id="{escape(row.key)}"{tie_attr}{row_cls}>'
         )
         for i, cell in enumerate(row.cells):
-            title = f' title="{escape(cell.note)}"' if cell.note else ""
-            cls = ' class="best"' if r in best[i] else ""
-            text = escape(cell.display)
-            if cell.href:
-                text = f'<a href="{root_e}{escape(cell.href)}">{text}</a>'
-            if table.columns[i].key == "run":
-                text = f'<span class="label">{text}</span>'
-            ci = f'<span class="ci">{escape(cell.interval_display)}</span>' if cell.interval_display else ""
-            out.append(f'<td{col_attrs[i]} data-v="{escape(sort_value(cell))}"{title}{cls}>{text}{ci}</td>')
+            if cached[i]:  # descriptive cells repeat on every task and domain page: render each once
+                out.append(_td(col_attrs[i], cell, root_e, table.columns[i].key == "run", False))
+            else:
+                out.append(_td.__wrapped__(col_attrs[i], cell, root_e, False, r in best[i]))
         out.append("</tr>\n")
     return Markup("".join(out))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _td(attrs: str, cell: Cell, root_e: str, label: bool, best: bool) -> str:
+    title = f' title="{escape(cell.note)}"' if cell.note else ""
+    cls = ' class="best"' if best else ""
+    text = escape(cell.display)
+    if cell.href:
+        text = f'<a href="{root_e}{escape(cell.href)}">{text}</a>'
+    if label:
+        text = f'<span class="label">{text}</span>'
+    ci = f'<span class="ci">{escape(cell.interval_display)}</span>' if cell.interval_display else ""
+    return f'<td{attrs} data-v="{escape(sort_value(cell))}"{title}{cls}>{text}{ci}</td>'
 
 
 def markdown_lite(text: str) -> Markup:
