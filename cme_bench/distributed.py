@@ -15,6 +15,7 @@ costs anything then.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -26,6 +27,25 @@ T = TypeVar("T")
 R = TypeVar("R")
 TIMEOUT = dt.timedelta(minutes=30)  # a rank that waits longer for the others is stuck, not slow
 _group: Any = None
+_active = False  # inside sharded(): every process takes part in the evaluation
+
+
+@contextlib.contextmanager
+def sharded(enabled: bool = True):
+    """Within this block ``run_sharded`` splits the work across the processes. Every process must enter it and make
+    the same sequence of calls (the runner does so only when all ranks evaluate); outside it, one process works alone.
+    """
+    global _active
+    before, _active = _active, enabled and world_size() > 1
+    try:
+        yield
+    finally:
+        _active = before
+
+
+def processes() -> int:
+    """How many processes share the current evaluation."""
+    return world_size() if _active else 1
 
 
 def rank() -> int:
@@ -34,6 +54,11 @@ def rank() -> int:
 
 def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def doc_key(request: Any) -> tuple[str, Any]:
+    """The document an lm-eval request belongs to (task, doc id): the unit evaluation is sharded by."""
+    return (request.task_name, request.doc_id)
 
 
 def shard(keys: Sequence[Hashable], rank: int, world: int) -> list[int]:
@@ -75,7 +100,7 @@ def gather(positions: list[int], answers: list[R], total: int) -> list[R]:
 def run_sharded(items: list[T], key: Callable[[T], Hashable], compute: Callable[[list[T]], list[R]]) -> list[R]:
     """``compute(items)``, with the work split by ``key`` across the processes and every answer on every rank."""
     world = world_size()
-    if world <= 1:
+    if not _active or world <= 1:
         return compute(items)
     mine = shard([key(item) for item in items], rank(), world)
     log.info("rank %d of %d answers %d of %d requests", rank(), world, len(mine), len(items))
