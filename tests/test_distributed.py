@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -39,11 +40,17 @@ def _chaotic_tiny_llama(folder: Path) -> Path:
     return save_model_folder(model, tokenizer, folder)
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _eval(model: Path, out: Path, processes: int) -> subprocess.CompletedProcess:
     launch = [sys.executable, "-m", "cme_bench.cli"]
     if processes > 1:
         launch = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes),
-                  "--master-addr", "127.0.0.1", "--master-port", "29547", "-m", "cme_bench.cli"]  # fmt: skip
+                  "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), "-m", "cme_bench.cli"]  # fmt: skip
     proc = subprocess.run(
         [*launch, *EVAL, "--model", str(model), "--output", str(out)],
         capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
@@ -57,9 +64,9 @@ def test_two_processes_evaluate_exactly_like_one(tmp_path: Path):
     model = _chaotic_tiny_llama(tmp_path / "chaotic-tiny-llama")
     _eval(model, one, 1)
     proc = _eval(model, two, 2)
-    # Each rank generated for its own documents only (7 documents: 4 on rank 0, 3 on rank 1, per task).
-    assert proc.stderr.count("rank 0 of 2 answers 4 of 7 requests") == 2
-    assert proc.stderr.count("rank 1 of 2 answers 3 of 7 requests") == 2
+    # Each rank generated for its own documents only (both tasks' 14 documents in one batch: 7 per rank).
+    assert proc.stderr.count("rank 0 of 2 answers 7 of 14 requests") == 1
+    assert proc.stderr.count("rank 1 of 2 answers 7 of 14 requests") == 1
     rec1 = json.loads((one / RUN_ID / "run.json").read_text())
     rec2 = json.loads((two / RUN_ID / "run.json").read_text())
     assert rec2["evaluation"]["processes"] == 2 and rec1["evaluation"]["processes"] == 1
