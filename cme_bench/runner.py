@@ -354,11 +354,14 @@ def _sweep_step(cfg: RunConfig, name: str, step, **kwargs: Any) -> dict[str, Any
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # recorded in run.json by run(); the sweep goes on
-        return _record_failure(one, exc)
+        return record_failure(one, exc)
 
 
-def _record_failure(one: RunConfig, exc: Exception) -> dict[str, Any]:
-    """Mark ``one``'s run failed, unless its own guard already did, and return the sweep outcome."""
+def record_failure(one: RunConfig, exc: BaseException) -> dict[str, Any]:
+    """Mark ``one``'s run failed, unless its own guard already did, and return the sweep outcome.
+
+    Public for the cluster launchers: a run whose worker died on every attempt is recorded here.
+    """
     log.error("sweep: %s failed: %s", one.adapter, exc)
     run_id = one.run_id()
     run_file = Path(one.output) / run_id / "run.json"
@@ -391,7 +394,7 @@ def _sweep_vllm(cfg: RunConfig, names: list[str]) -> list[dict[str, Any]]:
         try:
             plans[name] = vllm_backend.plan(model_dir, adapter_dir)
         except Exception as exc:  # e.g. an adapter vLLM cannot serve: that run fails, the others go on
-            outcomes[name] = _record_failure(replace(cfg, adapter=name, name=None), exc)
+            outcomes[name] = record_failure(replace(cfg, adapter=name, name=None), exc)
     for group in plans_by_engine(list(plans.values())):
         members = [n for n, p in plans.items() if p in group]
         log.info("sweep: one vLLM engine for %s", ", ".join(members))
@@ -399,7 +402,7 @@ def _sweep_vllm(cfg: RunConfig, names: list[str]) -> list[dict[str, Any]]:
             engine = Engine(group, seed=cfg.seed)
         except Exception as exc:  # every run of this engine fails; the other engines go on
             for name in members:
-                outcomes[name] = _record_failure(replace(cfg, adapter=name, name=None), exc)
+                outcomes[name] = record_failure(replace(cfg, adapter=name, name=None), exc)
             continue
         with engine:
             for name in members:
