@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -214,6 +215,45 @@ def test_ray_sweep_survives_a_killed_worker_and_resumes_the_run(ray_cluster, tmp
     table = proc.stdout[proc.stdout.index("adapter ") :].splitlines()[1:]
     assert sorted(row.split()[0] for row in table) == sorted(adapters)
     assert all(row.split()[1] == "success" for row in table)
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text in cmdline.read_bytes().decode(errors="replace"):
+                found.append(cmdline.parent.name)
+        except OSError:  # the process ended meanwhile
+            continue
+    return found
+
+
+@pytest.mark.cluster
+def test_ray_sweep_without_an_address_starts_and_stops_its_own_cluster(tmp_path):
+    ray_tmp = tempfile.mkdtemp(prefix="cmeray-")  # short: Ray's socket paths are limited to 107 bytes
+    try:
+        out = tmp_path / "results"
+        proc = _cli(
+            "sweep",
+            "--launcher",
+            "ray",
+            "--adapters",
+            "lora",
+            *TINY,
+            "--output",
+            str(out),
+            env={"RAY_TMPDIR": ray_tmp},
+        )
+        (rec,) = _assert_complete(out, ["lora"]).values()
+        assert rec["launch"]["attempts"] == 1 and rec["launch"]["worker"].startswith("127.0.0.1 ")
+        assert re.search(r"running +tiny-llama--lora--cme-mini--s0 +on 127\.0\.0\.1 ", proc.stdout)
+        assert (Path(ray_tmp) / "ray" / "session_latest").exists()  # the cluster lived there...
+        deadline = time.monotonic() + 30  # ...and its processes end with the sweep (a few take a moment to exit)
+        while _processes_mentioning(ray_tmp) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _processes_mentioning(ray_tmp) == []
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------------------------
