@@ -48,7 +48,7 @@ TINY = [
 SWEEP_TIMEOUT_S = 420
 
 
-def _cli(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def _cli(*argv: str, env: dict[str, str] | None = None, rc: int = 0) -> subprocess.CompletedProcess:
     proc = subprocess.run(
         [sys.executable, "-m", "cme_bench.cli", *argv],
         capture_output=True,
@@ -56,7 +56,7 @@ def _cli(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
         env={**os.environ, **(env or {})},
         timeout=SWEEP_TIMEOUT_S,
     )
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    assert proc.returncode == rc, f"exit {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     return proc
 
 
@@ -64,10 +64,13 @@ def _records(out: Path) -> dict[str, dict]:
     return {d.name: json.loads((d / "run.json").read_text()) for d in out.iterdir() if (d / "run.json").is_file()}
 
 
-def _assert_complete(out: Path, adapters: list[str]) -> dict[str, dict]:
-    """Every run recorded once and successful, with the full loss curve and one sample per test document."""
+def _assert_complete(out: Path, adapters: list[str], failed: tuple[str, ...] = ()) -> dict[str, dict]:
+    """Every run recorded once and successful (but ``failed``), with the full loss curve and one sample per test
+    document."""
     records = _records(out)
-    assert set(records) == {f"tiny-llama--{a}--cme-mini--s0" for a in adapters}
+    assert set(records) == {f"tiny-llama--{a}--cme-mini--s0" for a in [*adapters, *failed]}
+    for name in failed:
+        assert records.pop(f"tiny-llama--{name}--cme-mini--s0")["status"] == "failed"
     for rec in records.values():
         assert rec["status"] == "success", rec["error"]
         assert [s for s, _ in rec["training"]["loss_curve"]] == [1, 2, 3, 4, 5, 6]
@@ -230,23 +233,22 @@ def _processes_mentioning(text: str) -> list[str]:
 
 @pytest.mark.cluster
 def test_ray_sweep_without_an_address_starts_and_stops_its_own_cluster(tmp_path):
+    """The sweep's own cluster: loopback only, too-large runs refused, a failing run recorded and not retried."""
     ray_tmp = tempfile.mkdtemp(prefix="cmeray-")  # short: Ray's socket paths are limited to 107 bytes
+    env = {"RAY_TMPDIR": ray_tmp}
     try:
         out = tmp_path / "results"
-        proc = _cli(
-            "sweep",
-            "--launcher",
-            "ray",
-            "--adapters",
-            "lora",
-            *TINY,
-            "--output",
-            str(out),
-            env={"RAY_TMPDIR": ray_tmp},
-        )
-        (rec,) = _assert_complete(out, ["lora"]).values()
+        too_big = _cli("sweep", "--launcher", "ray", "--gpus-per-run", "1", "--adapters", "lora", *TINY, env=env, rc=2)
+        assert "a run asks for 1 CPUs and 1 GPUs" in too_big.stderr and not out.exists()
+        broken = tmp_path / "broken.yaml"  # r_a must be divisible by num_experts: fails when the adapter is built
+        broken.write_text("method: teamlora\nparams:\n  r_a: 30\n  num_experts: 4\n")
+        argv = ["sweep", "--launcher", "ray", "--adapters", f"lora,{broken}", *TINY, "--output", str(out)]
+        proc = _cli(*argv, env=env, rc=1)
+        (rec,) = _assert_complete(out, ["lora"], failed=("broken",)).values()
         assert rec["launch"]["attempts"] == 1 and rec["launch"]["worker"].startswith("127.0.0.1 ")
         assert re.search(r"running +tiny-llama--lora--cme-mini--s0 +on 127\.0\.0\.1 ", proc.stdout)
+        assert re.search(r"failed +tiny-llama--broken--cme-mini--s0 +.*r_a", proc.stdout), proc.stdout
+        assert "retried" not in proc.stdout and "1 of 2 runs failed" in proc.stdout
         assert (Path(ray_tmp) / "ray" / "session_latest").exists()  # the cluster lived there...
         deadline = time.monotonic() + 30  # ...and its processes end with the sweep (a few take a moment to exit)
         while _processes_mentioning(ray_tmp) and time.monotonic() < deadline:

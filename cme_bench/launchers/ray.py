@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from cme_bench.config import RunConfig
+from cme_bench.errors import CmeError
 from cme_bench.launchers import Launcher, LaunchOptions
 from cme_bench.launchers.spec import Progress, RunSpec, execute, lost, sweep_specs
 
@@ -37,6 +38,7 @@ def launch(
     specs = sweep_specs(cfg, names, baseline, "ray")
     ray = _connect(opts.ray_address)
     try:
+        _check_fits(ray, opts, local=opts.ray_address is None)
         return _run(ray, specs, opts, Progress(len(specs), emit))
     finally:
         ray.shutdown()  # stops the local cluster we started; only disconnects from one given by address
@@ -49,12 +51,31 @@ def _connect(address: str | None):
     import ray
 
     quiet: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
-    if address is None:
-        ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, **quiet)
-    else:
-        ray.init(address=address, **quiet)
-    log.info("ray: %s", ray.cluster_resources())
+    try:
+        if address is None:
+            ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, **quiet)
+        else:
+            ray.init(address=address, **quiet)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
+        raise CmeError(f"--launcher ray: could not start or reach {where}: {exc}") from exc
     return ray
+
+
+def _check_fits(ray, opts: LaunchOptions, *, local: bool) -> None:
+    """A run that asks for more than any node has would wait forever: stop now on a cluster we started ourselves.
+
+    A cluster given by address may grow (an autoscaler adds nodes for waiting tasks), so there it is only a warning.
+    """
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    need = {"CPU": opts.cpus_per_run, "GPU": opts.gpus_per_run}
+    if any(all(have.get(k, 0) >= v for k, v in need.items()) for have in nodes):
+        return
+    have = ", ".join(f"{int(n.get('CPU', 0))} CPUs/{int(n.get('GPU', 0))} GPUs" for n in nodes) or "no nodes"
+    message = f"a run asks for {opts.cpus_per_run} CPUs and {opts.gpus_per_run} GPUs; the nodes have {have}"
+    if local:
+        raise CmeError(f"--launcher ray: {message} (lower --cpus-per-run / --gpus-per-run)")
+    log.warning("%s: the runs wait until a node that fits joins the cluster", message)
 
 
 class _Board:

@@ -115,5 +115,6 @@ class Progress:
         tries = outcome.get("attempts", spec.attempt)
         detail = f"after {tries} attempts" if tries > 1 else ""
         if outcome.get("error"):
-            detail = "; ".join(d for d in (detail, str(outcome["error"])) if d)
+            error = " ".join(str(outcome["error"]).split())  # one line per state change, even for a long error
+            detail = "; ".join(d for d in (detail, error) if d)
         self("done" if outcome["status"] == "success" else "failed", spec, detail)
