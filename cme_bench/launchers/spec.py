@@ -4,7 +4,7 @@ A ``RunSpec`` is the run's own ``RunConfig`` (adapter set, paths absolute so any
 them) plus its attempt number. ``execute`` is all a worker does: the run as a one-run sweep (``runner.sweep``), so a
 failing run is recorded and reported exactly as in a local sweep, then the record notes how it was launched.
 A retry is the same spec with ``resume`` on and the attempt counted: it continues from the run's last checkpoint, or
-only evaluates again when the adapter was already saved (``runner.run``'s resume).
+only evaluates again when the adapter was already saved (the runner's resume).
 """
 
 from __future__ import annotations
