@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from cme_bench import adapters, results, taskreg
+from cme_bench import adapters, modelcard, results, taskreg, trackers
 from cme_bench.config import NO_ADAPTER, RunConfig
 from cme_bench.errors import CmeError
 from cme_bench.evaluate import EvalOutput, TaskResult, check_adapter_applied, evaluate, probe_logits
@@ -69,6 +69,8 @@ def _open_record(cfg: RunConfig, run_id: str, name: str) -> RunRecord:
     data.update(status="running", error=None, config=cfg.to_dict())
     record = RunRecord(run_dir, data, enabled=cfg.is_main_process())
     record.save()
+    if record.enabled:
+        trackers.start_run(run_id, cfg.to_dict(), run_dir)
     return record
 
 
@@ -226,6 +228,8 @@ def _guarded(record: RunRecord, body, *, finish: bool = True) -> dict[str, Any]:
     except Exception as exc:
         _finish(record, "failed", exc)
         raise
+    finally:
+        trackers.finish_run(record.data)  # the final scores (if any) to the active experiment trackers
     if finish:
         _finish(record, "success")
     return record.data
@@ -270,6 +274,8 @@ def run(cfg: RunConfig, *, do_eval: bool = True, evaluate_later: bool = False, v
                 return
         if do_eval:
             _evaluate(cfg, record, model, tokenizer, tasks, adapter_dir, vllm_engine)
+            if record.enabled:
+                modelcard.write_model_card(adapter_dir, run=record.data)  # now with the scores
 
     return _guarded(record, body, finish=not evaluate_later)
 
@@ -286,13 +292,15 @@ def _train(cfg: RunConfig, record: RunRecord, preset, tasks: list[str]):
         loaded.model, preset, total_steps=total_steps(len(train_records), tcfg, world), seed=cfg.seed
     )
     record.update(adapter=_adapter_summary(model, preset=preset.name, path="adapter"))
-    result = train(model, loaded.tokenizer, train_records, tcfg, out_dir=record.dir, resume=cfg.resume)
+    result = train(
+        model, loaded.tokenizer, train_records, tcfg, out_dir=record.dir, resume=cfg.resume, on_step=trackers.log_step
+    )
     if not cfg.is_main_process():
         return None, None
-    adapters.save_adapter(model, record.dir / "adapter", base_info=base_info)
-    shutil.rmtree(record.dir / "checkpoints", ignore_errors=True)  # the saved adapter supersedes them
     # Expert load averaged over every training forward (not just the last batch).
     record.update(training={**result.to_dict(), "expert_load": adapters.expert_load(model, cumulative=True)})
+    adapters.save_adapter(model, record.dir / "adapter", base_info=base_info, base_model=cfg.model, run=record.data)
+    shutil.rmtree(record.dir / "checkpoints", ignore_errors=True)  # the saved adapter supersedes them
     check_adapter_applied(base_logits, model, loaded.tokenizer)
     record.update(costs=_costs(result, model, loaded.tokenizer))
     return model, loaded.tokenizer
