@@ -127,7 +127,7 @@ def test_save_is_atomic_and_overwrites(tmp_path):
     perturb(model)
     adapters.save_adapter(model, out, base_info=architecture_info(tiny()))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ad"]  # no temporary or backup folder left behind
-    assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
     loaded = adapters.load_adapter(tiny(), out)
     assert torch.equal(loaded(IDS).logits, model(IDS).logits)
 
