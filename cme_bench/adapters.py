@@ -543,6 +543,9 @@ def _load_peft(base_model: nn.Module, folder: Path, config: dict[str, Any], stat
         warnings.filterwarnings("ignore", message=r"Unexpected keyword arguments \['cme_bench'\]")
         peft_config = PeftConfig.from_pretrained(str(folder))
     peft_config.inference_mode = False
+    # The base in hand was checked by architecture above; the recorded name is for tools that load the base
+    # themselves. Without this PEFT warns that the name "changed" to the in-memory model's (often none).
+    peft_config.base_model_name_or_path = None
     method = cme.get("method") or peft_method(config)
     targets = find_targets(base_model, targets_from_peft(peft_config.target_modules), nn.Linear)
     was_training = base_model.training
