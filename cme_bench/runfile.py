@@ -234,7 +234,8 @@ def apply(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: Seque
             setattr(args, dest, value)
     if allow_grid:
         # A grid axis typed on the command line wins over the file's grid for that setting.
-        args.grid = {dest: vals for dest, vals in grid.items() if dest not in typed}
+        typed_axes = typed | ({"adapter"} if "adapters" in typed else set())
+        args.grid = {dest: vals for dest, vals in grid.items() if dest not in typed_axes}
         if "adapter" in args.grid and "adapters" in values and "adapters" not in typed:
             raise ConfigError("set the adapters once: either `adapters:` or `grid: {adapter: [...]}`", where=str(path))
     return args

@@ -126,8 +126,11 @@ class MlflowTracker(Tracker):
         experiment = self.client.get_experiment_by_name(name)
         experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(name)
         self.run_id = self.client.create_run(experiment_id, run_name=run_id).info.run_id
-        for key, value in config.items():  # MLflow params are strings of at most 6000 characters
-            self.client.log_param(self.run_id, key, json.dumps(value, default=str)[:6000])
+        from mlflow.entities import Param
+
+        # MLflow params are strings of at most 6000 characters.
+        params = [Param(key, json.dumps(value, default=str)[:6000]) for key, value in config.items()]
+        self.client.log_batch(self.run_id, params=params)
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
@@ -233,9 +236,16 @@ def start_run(run_id: str, config: dict[str, Any], run_dir: Path) -> None:
 
 
 def log_step(step: int, metrics: dict[str, float]) -> None:
-    """The training loop's callback: one optimiser step's metrics to every running tracker."""
-    for tracker in _running:
-        tracker.log(metrics, step)
+    """The training loop's callback: one optimiser step's metrics to every running tracker.
+
+    A tracker that fails (a lost connection, a full disk) is dropped with a warning: the run it describes goes on.
+    """
+    for tracker in list(_running):
+        try:
+            tracker.log(metrics, step)
+        except Exception as exc:
+            log.warning("%s: logging failed, no more metrics go to it for this run: %s", tracker.name, exc)
+            _running.remove(tracker)
 
 
 def finish_run(record: dict[str, Any]) -> None:

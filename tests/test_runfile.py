@@ -107,6 +107,8 @@ def test_grid_file_expands_to_the_expected_runs(tmp_path: Path):
     names = runfile.adapters_of(args.grid, [])
     runs = runfile.expand(config_from_args(args, adapter=names[0]), names, args.grid)
     assert [(r.adapter, r.seed) for r in runs] == [("lora", 7), ("dora", 7)]
+    args = parse_args(["sweep", "--config", f2, "--adapters", "teamlora"])
+    assert runfile.adapters_of(args.grid, [args.adapters]) == ["teamlora"] and args.grid == {"seed": [0, 1, 2]}
 
 
 def test_paper_sweep_file_expands_to_six_adapters_times_three_seeds():
