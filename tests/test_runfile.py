@@ -147,3 +147,10 @@ def test_run_file_reproduces_the_flag_built_run(tmp_path: Path, monkeypatch):
     if "identity" in rec_a:  # the run identity digest, where records carry one
         assert rec_a["identity"]["digest"] == rec_b["identity"]["digest"]
     assert rec_a["training"]["loss_curve"] == rec_b["training"]["loss_curve"]
+
+
+def test_profile_reads_lists_from_a_run_file(tmp_path: Path):
+    f = _file(tmp_path, "model: tiny-llama\nadapters: [lora, teamlora]\nexperts: [2, 4]\nno_memory: true\n")
+    args = parse_args(["profile", "--config", f, "--repeats", "2"])
+    assert args.adapters == ["lora", "teamlora"] and args.experts == [2, 4]
+    assert args.no_memory is True and args.repeats == 2 and args.model == "tiny-llama"

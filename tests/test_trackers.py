@@ -121,3 +121,25 @@ def test_mlflow_store_that_cannot_open_fails_before_any_work(tmp_path: Path, cap
     assert main([*RUN, "--output", str(tmp_path / "results"), "--log-to", "mlflow"]) == 2
     assert "MLFLOW_TRACKING_URI" in capsys.readouterr().err
     assert not (tmp_path / "results").exists()
+
+
+def test_a_failing_tracker_is_dropped_and_the_run_goes_on(tmp_path: Path, monkeypatch, caplog):
+    class Broken(trackers.Tracker):
+        name, module, install = "broken", "json", "json"
+
+        def start(self, run_id, config, run_dir):
+            pass
+
+        def log(self, metrics, step):
+            raise OSError("disk full")
+
+        def finish(self):
+            pass
+
+    monkeypatch.setitem(trackers.TRACKERS._items, "broken", Broken)
+    with trackers.use(["broken", "tensorboard"]):
+        trackers.start_run("r", {"seed": 0}, tmp_path)
+        trackers.log_step(1, {"train/loss": 1.0})  # does not raise
+        assert [t.name for t in trackers._running] == ["tensorboard"]
+        trackers.finish_run({"metrics": {"t": {"value": 0.5}}, "training": {"steps": 1}})
+    assert "broken: logging failed" in caplog.text and list((tmp_path / "tensorboard").iterdir())
