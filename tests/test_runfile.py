@@ -154,3 +154,21 @@ def test_profile_reads_lists_from_a_run_file(tmp_path: Path):
     args = parse_args(["profile", "--config", f, "--repeats", "2"])
     assert args.adapters == ["lora", "teamlora"] and args.experts == [2, 4]
     assert args.no_memory is True and args.repeats == 2 and args.model == "tiny-llama"
+
+
+def test_sweep_file_runs_every_grid_point_once_and_the_base_once_per_seed(tmp_path: Path, capsys):
+    f = _file(
+        tmp_path,
+        "model: tiny-llama\ntasks: [cme_mini_boolq]\ntrain_cap: 8\nbatch_size: 4\nmax_steps: 2\nlimit: 2\n"
+        "grid:\n  adapter: [lora]\n  seed: [0, 1]\n  learning_rate: [1.0e-2, 5.0e-2]\n",
+    )
+    out = tmp_path / "results"
+    assert main(["sweep", "--config", f, "--output", str(out), "--no-report"]) == 0
+    assert "grid: 4 points x 1 adapters = 4 runs" in capsys.readouterr().out
+    runs = sorted(p.name for p in out.iterdir() if (p / "run.json").is_file())
+    assert runs == sorted(
+        [f"tiny-llama--lora--cme-mini--s{s}--learning_rate-{lr}" for s in (0, 1) for lr in ("0.01", "0.05")]
+        + [f"tiny-llama--none--cme-mini--s{s}--learning_rate-0.01" for s in (0, 1)]
+    )
+    rec = json.loads((out / "tiny-llama--lora--cme-mini--s1--learning_rate-0.05" / "run.json").read_text())
+    assert rec["status"] == "success" and rec["config"]["learning_rate"] == 0.05 and rec["config"]["seed"] == 1
