@@ -7,6 +7,7 @@ adapter at every grid point (``runfile.expand``).
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 from cme_bench.commands import _common
 from cme_bench.config import add_run_arguments, config_from_args
@@ -39,9 +40,11 @@ def main(args: argparse.Namespace) -> int:
     outcomes, seeds = [], set()
     with _common.trackers_of(args):
         for point in points:
-            # The base model's row depends on the seed only: evaluate it once per seed, not once per grid point.
-            outcomes += runner.sweep(point, names, baseline=args.baseline and point.seed not in seeds)
+            if args.baseline and point.seed not in seeds and len(points) > 1:
+                # The base model's row depends on the seed only: once per seed, without the grid point's tag.
+                outcomes += runner.sweep(replace(base, seed=point.seed), [], baseline=True)
             seeds.add(point.seed)
+            outcomes += runner.sweep(point, names, baseline=args.baseline and len(points) == 1)
     print(f"{'adapter':<20} {'status':<10} run")
     for o in outcomes:
         print(f"{o['adapter']:<20} {o['status']:<10} {o['run_id']}" + (f"  ({o['error']})" if o.get("error") else ""))
