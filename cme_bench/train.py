@@ -332,6 +332,7 @@ def train(
         if step >= steps:
             break
         step_loss, step_aux, step_tokens, t_step = 0.0, 0.0, tokens, time.perf_counter()
+        step_lr = scheduler.get_last_lr()[0]  # the rate this step's update uses
         for micro in batches:
             batch = {
                 k: v.to(acc.device) for k, v in collate([examples[i] for i in micro], tokenizer.pad_token_id).items()
@@ -364,7 +365,7 @@ def train(
                 step_metrics(
                     step_loss,
                     step_aux,
-                    scheduler.get_last_lr()[0],
+                    step_lr,
                     (tokens - step_tokens) / seconds_step if seconds_step > 0 else 0.0,
                     adapters.expert_load(model),
                 ),
