@@ -41,6 +41,8 @@ def test_tensorboard_event_file_holds_the_loss_curve_and_final_scores(tmp_path: 
     assert [v for _, v in loss] == pytest.approx([v for _, v in rec["training"]["loss_curve"]], abs=1e-5)
     assert {"train/aux_loss", "train/lr", "train/tokens_per_second", "train/expert_load/max"} <= set(scalars)
     assert {f"train/expert_load/{i}" for i in range(4)} <= set(scalars)  # TeamLoRA preset: k = 4
+    # The rate each step used: 0 during the one warm-up step, then the peak (cosine decay afterwards).
+    assert [e.value for e in events.Scalars("train/lr")][:2] == pytest.approx([0.0, rec["config"]["learning_rate"]])
     for task in TASKS.split(","):
         (event,) = events.Scalars(f"eval/{task}")
         assert event.value == pytest.approx(rec["metrics"][task]["value"]) and event.step == 3
