@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from cme_bench.config import EVAL_FLAGS, TRAIN_FLAGS, RunConfig
+from cme_bench.config import RunConfig, option
 from cme_bench.errors import CmeError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -86,9 +86,9 @@ def _options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
 
 def _run_setting_names() -> set[str]:
     """Every RunConfig field and flag spelling: keys a run file shared between run, train and eval may hold."""
-    names = {f.name for f in fields(RunConfig)} | {"adapters", "log_to", "log-to", "baseline", "no-baseline"}
-    for flag, dest, _, _ in TRAIN_FLAGS + EVAL_FLAGS:
-        names |= {dest, flag.lstrip("-"), flag.lstrip("-").replace("-", "_")}
+    names = {"adapters", "log_to", "baseline", "no_baseline"}
+    for f in fields(RunConfig):
+        names |= {f.name, option(f.name).lstrip("-").replace("-", "_")}
     return names | {n.replace("_", "-") for n in names}
 
 

@@ -6,9 +6,10 @@ missing optional library costs nothing until it is asked for. ``check`` runs bef
 then fails to log.
 
 The runner drives the active trackers through three calls, and nothing else in cme-bench knows about them:
-``start_run`` (when a run record opens), ``log_step`` (the training loop's per-step callback; ``train.train`` only
-sees a callable) and ``finish_run`` (per-task and average scores from the finished record). ``use(names)`` activates
-trackers for the duration of a command.
+``start_run`` (when a run record opens), ``log_step`` (the training loop's per-step callback, bound to the run id;
+``train.train`` only sees a callable) and ``finish_run`` (when the record gets its final status: per-task and average
+scores). Tracker runs are kept per run id, because a sweep trains every adapter before it evaluates any.
+``use(names)`` activates trackers for the duration of a command.
 
 What is logged: ``train/loss``, ``train/aux_loss``, ``train/lr``, ``train/tokens_per_second``,
 ``train/expert_load/<expert>`` (mean routing share per expert over the routed layers of the last micro-batch),
@@ -210,7 +211,7 @@ def check(names: list[str]) -> None:
 
 
 _active: list[str] = []
-_running: list[Tracker] = []
+_running: dict[str, list[Tracker]] = {}  # run id -> its open tracker runs (a sweep trains all, then evaluates)
 
 
 @contextmanager
@@ -222,47 +223,51 @@ def use(names: list[str]) -> Iterator[None]:
     try:
         yield
     finally:
-        _close()
+        for run_id in list(_running):
+            _close(run_id)
         _active[:] = previous
 
 
 def start_run(run_id: str, config: dict[str, Any], run_dir: Path) -> None:
-    """Open one tracker run per active tracker (a previous, unfinished one is closed first)."""
-    _close()
+    """Open one tracker run per active tracker for ``run_id`` (kept open when it already is: a resumed stage)."""
+    if not _active or run_id in _running:
+        return
+    opened: list[Tracker] = []
+    _running[run_id] = opened
     for name in _active:
         tracker = TRACKERS.get(name)()
         tracker.start(run_id, config, Path(run_dir))
-        _running.append(tracker)
+        opened.append(tracker)
 
 
-def log_step(step: int, metrics: dict[str, float]) -> None:
-    """The training loop's callback: one optimiser step's metrics to every running tracker.
+def log_step(run_id: str, step: int, metrics: dict[str, float]) -> None:
+    """The training loop's callback (bound to a run id): one optimiser step's metrics to the run's trackers.
 
     A tracker that fails (a lost connection, a full disk) is dropped with a warning: the run it describes goes on.
     """
-    for tracker in list(_running):
+    opened = _running.get(run_id, [])
+    for tracker in list(opened):
         try:
             tracker.log(metrics, step)
         except Exception as exc:
             log.warning("%s: logging failed, no more metrics go to it for this run: %s", tracker.name, exc)
-            _running.remove(tracker)
+            opened.remove(tracker)
 
 
 def finish_run(record: dict[str, Any]) -> None:
-    """Final per-task scores and their average from a run record, then close the tracker runs."""
-    if not _running:
+    """Final per-task scores and their average from a finished run record, then close that run's trackers."""
+    run_id = record.get("run_id", "")
+    if run_id not in _running:
         return
     scores = {f"eval/{task}": float(m["value"]) for task, m in (record.get("metrics") or {}).items()}
     if scores:
         scores["eval/average"] = sum(scores.values()) / len(scores)
-        step = int((record.get("training") or {}).get("steps") or 0)
-        log_step(step, scores)
-    _close()
+        log_step(run_id, int((record.get("training") or {}).get("steps") or 0), scores)
+    _close(run_id)
 
 
-def _close() -> None:
-    while _running:
-        tracker = _running.pop()
+def _close(run_id: str) -> None:
+    for tracker in _running.pop(run_id, []):
         try:
             tracker.finish()
         except Exception as exc:  # a tracker that cannot close must not fail the run it describes

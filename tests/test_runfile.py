@@ -163,7 +163,7 @@ def test_sweep_file_runs_every_grid_point_once_and_the_base_once_per_seed(tmp_pa
         "grid:\n  adapter: [lora]\n  seed: [0, 1]\n  learning_rate: [1.0e-2, 5.0e-2]\n",
     )
     out = tmp_path / "results"
-    assert main(["sweep", "--config", f, "--output", str(out), "--no-report"]) == 0
+    assert main(["sweep", "--config", f, "--output", str(out), "--no-report", "--log-to", "tensorboard"]) == 0
     assert "grid: 4 points x 1 adapters = 4 runs" in capsys.readouterr().out
     runs = sorted(p.name for p in out.iterdir() if (p / "run.json").is_file())
     assert runs == sorted(
@@ -172,3 +172,10 @@ def test_sweep_file_runs_every_grid_point_once_and_the_base_once_per_seed(tmp_pa
     )
     rec = json.loads((out / "tiny-llama--lora--cme-mini--s1--learning_rate-0.05" / "run.json").read_text())
     assert rec["status"] == "success" and rec["config"]["learning_rate"] == 0.05 and rec["config"]["seed"] == 1
+    # A sweep trains every run before it evaluates any: each run's tracker holds its own curve and scores.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / rec["run_id"] / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2]
+    assert events.Scalars("eval/cme_mini_boolq")[0].value == pytest.approx(rec["metrics"]["cme_mini_boolq"]["value"])

@@ -141,7 +141,8 @@ def test_a_failing_tracker_is_dropped_and_the_run_goes_on(tmp_path: Path, monkey
     monkeypatch.setitem(trackers.TRACKERS._items, "broken", Broken)
     with trackers.use(["broken", "tensorboard"]):
         trackers.start_run("r", {"seed": 0}, tmp_path)
-        trackers.log_step(1, {"train/loss": 1.0})  # does not raise
-        assert [t.name for t in trackers._running] == ["tensorboard"]
-        trackers.finish_run({"metrics": {"t": {"value": 0.5}}, "training": {"steps": 1}})
+        trackers.log_step("r", 1, {"train/loss": 1.0})  # does not raise
+        assert [t.name for t in trackers._running["r"]] == ["tensorboard"]
+        trackers.finish_run({"run_id": "r", "metrics": {"t": {"value": 0.5}}, "training": {"steps": 1}})
+        assert not trackers._running
     assert "broken: logging failed" in caplog.text and list((tmp_path / "tensorboard").iterdir())

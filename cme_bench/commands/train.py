@@ -21,6 +21,6 @@ def main(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     with _common.trackers_of(args):
-        record = runner.run(cfg, do_eval=False)
+        record = runner.train_only(cfg)
     _common.print_outcome(record)
     return 0 if record["status"] == "success" else 1
