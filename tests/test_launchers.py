@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -131,11 +132,14 @@ def test_specs_are_absolute_and_each_run_appears_once(tmp_path, monkeypatch):
     preset = tmp_path / "mine.yaml"
     preset.write_text("method: lora\nparams: {r: 4}\n")
     cfg = RunConfig(model="tiny-llama", output="results", tasks=["cme_mini_boolq"])
-    specs = sweep_specs(cfg, ["lora", "mine.yaml", "lora"], True, "ray")
+    # two grid points (seeds 0 and 1), the second naming lora twice: every run once
+    groups = [(cfg, ["lora", "mine.yaml", "lora"], True), (replace(cfg, seed=1), ["lora", "lora"], False)]
+    specs = sweep_specs(groups, "ray")
     assert [s.key for s in specs] == [
         "tiny-llama--none--cme-mini--s0",
         "tiny-llama--lora--cme-mini--s0",
         "tiny-llama--mine--cme-mini--s0",
+        "tiny-llama--lora--cme-mini--s1",
     ]
     assert all(s.config.output == str(tmp_path / "results") and s.attempt == 1 for s in specs)
     assert specs[2].config.adapter == str(preset) and specs[0].config.model == "tiny-llama"

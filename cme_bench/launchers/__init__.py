@@ -21,11 +21,14 @@ from cme_bench.config import RunConfig
 from cme_bench.errors import CmeError, ConfigError
 from cme_bench.registry import Registry
 
-# A launcher runs ``names`` (and the base model's row when ``baseline``) with the settings of ``cfg`` and returns
-# one outcome per run, {"adapter", "run_id", "status"[, "error"]} as runner.sweep does; None when it only submitted
-# them (``--no-wait``). It says what happens through ``emit`` (one line each; the command passes ``print``).
+# What runner.sweep takes: (settings, adapter names, with the base model's row). A sweep is a list of them (one per
+# grid point of a run file).
+Group = tuple[RunConfig, list[str], bool]
 Emit = Callable[[str], None]
-LaunchFn = Callable[[RunConfig, list[str], bool, "LaunchOptions", Emit], "list[dict[str, Any]] | None"]
+# A launcher runs every group and returns one outcome per run, {"adapter", "run_id", "status"[, "error"]} as
+# runner.sweep does; None when it only submitted them (``--no-wait``). It says what happens through ``emit`` (one
+# line each; the command passes ``print``).
+LaunchFn = Callable[[list[Group], "LaunchOptions", Emit], "list[dict[str, Any]] | None"]
 
 
 @dataclass

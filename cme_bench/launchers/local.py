@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-from cme_bench.config import RunConfig
-from cme_bench.launchers import Launcher, LaunchOptions
+from cme_bench.launchers import Emit, Group, Launcher, LaunchOptions
 
 
-def launch(
-    cfg: RunConfig, names: list[str], baseline: bool, opts: LaunchOptions, emit: Callable[[str], None]
-) -> list[dict[str, Any]]:
+def launch(groups: list[Group], opts: LaunchOptions, emit: Emit) -> list[dict[str, Any]]:
     from cme_bench import runner
 
-    return runner.sweep(cfg, names, baseline=baseline)
+    return [outcome for cfg, names, baseline in groups for outcome in runner.sweep(cfg, names, baseline=baseline)]
 
 
 LAUNCHER = Launcher("local", launch)

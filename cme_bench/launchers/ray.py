@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
 from typing import Any
 
-from cme_bench.config import RunConfig
 from cme_bench.errors import CmeError
-from cme_bench.launchers import Launcher, LaunchOptions
+from cme_bench.launchers import Emit, Group, Launcher, LaunchOptions
 from cme_bench.launchers.spec import Progress, RunSpec, execute, lost, sweep_specs
 
 log = logging.getLogger(__name__)
@@ -32,10 +30,8 @@ POLL_S = 2.0
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
-def launch(
-    cfg: RunConfig, names: list[str], baseline: bool, opts: LaunchOptions, emit: Callable[[str], None]
-) -> list[dict[str, Any]]:
-    specs = sweep_specs(cfg, names, baseline, "ray")
+def launch(groups: list[Group], opts: LaunchOptions, emit: Emit) -> list[dict[str, Any]]:
+    specs = sweep_specs(groups, "ray")
     ray = _connect(opts.ray_address)
     try:
         _check_fits(ray, opts, local=opts.ray_address is None)

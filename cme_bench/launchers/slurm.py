@@ -21,13 +21,11 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cme_bench.config import RunConfig
 from cme_bench.errors import CmeError
-from cme_bench.launchers import Launcher, LaunchOptions
+from cme_bench.launchers import Emit, Group, Launcher, LaunchOptions
 from cme_bench.launchers.spec import Progress, RunSpec, execute, lost, sweep_specs
 
 log = logging.getLogger(__name__)
@@ -93,10 +91,8 @@ def _executor(folder: Path, opts: LaunchOptions):
     return executor
 
 
-def launch(
-    cfg: RunConfig, names: list[str], baseline: bool, opts: LaunchOptions, emit: Callable[[str], None]
-) -> list[dict[str, Any]] | None:
-    specs = sweep_specs(cfg, names, baseline, "slurm")
+def launch(groups: list[Group], opts: LaunchOptions, emit: Emit) -> list[dict[str, Any]] | None:
+    specs = sweep_specs(groups, "slurm")
     output = Path(specs[0].config.output)
     folder = output / ".submitit" / dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
     executor = _executor(folder, opts)

@@ -27,6 +27,7 @@ class RunSpec:
     config: RunConfig
     launcher: str
     attempt: int = 1
+    trackers: tuple[str, ...] = ()  # --log-to of the sweep
 
     @property
     def key(self) -> str:
@@ -42,22 +43,26 @@ def _absolute(path: str) -> str:
     return str(Path(path).expanduser().resolve())
 
 
-def sweep_specs(cfg: RunConfig, names: list[str], baseline: bool, launcher: str) -> list[RunSpec]:
-    """One spec per run of the sweep (the base model's row first), each run once even if named twice."""
-    shipped = replace(
-        cfg,
-        output=_absolute(cfg.output),
-        include_path=[_absolute(p) for p in cfg.include_path],
-        extra_data=[_absolute(p) for p in cfg.extra_data],
-        # a local model folder or .gguf: absolute, so a worker started elsewhere finds it (built-in names stay)
-        model=_absolute(cfg.model) if Path(cfg.model).expanduser().exists() else cfg.model,
-    )
+def sweep_specs(groups: list[tuple[RunConfig, list[str], bool]], launcher: str) -> list[RunSpec]:
+    """One spec per run of the sweep's groups (each base model's row first), each run once even if named twice."""
+    from cme_bench import trackers
+
+    active = tuple(trackers.active())  # --log-to: the workers log to the same trackers
     specs: dict[str, RunSpec] = {}
-    for name in ([NO_ADAPTER] if baseline else []) + names:
-        # a preset file given by path: absolute for the same reason (its name, hence the run id, is unchanged)
-        adapter = _absolute(name) if name != NO_ADAPTER and Path(name).is_file() else name
-        spec = RunSpec(replace(shipped, adapter=adapter, name=None), launcher)
-        specs.setdefault(spec.key, spec)
+    for cfg, names, baseline in groups:
+        shipped = replace(
+            cfg,
+            output=_absolute(cfg.output),
+            include_path=[_absolute(p) for p in cfg.include_path],
+            extra_data=[_absolute(p) for p in cfg.extra_data],
+            # a local model folder or .gguf: absolute, so a worker started elsewhere finds it (built-in names stay)
+            model=_absolute(cfg.model) if Path(cfg.model).expanduser().exists() else cfg.model,
+        )
+        for name in ([NO_ADAPTER] if baseline else []) + names:
+            # a preset file given by path: absolute for the same reason (its name, hence the run id, is unchanged)
+            adapter = _absolute(name) if name != NO_ADAPTER and Path(name).is_file() else name
+            spec = RunSpec(replace(shipped, adapter=adapter, name=None), launcher, trackers=active)
+            specs.setdefault(spec.key, spec)
     return list(specs.values())
 
 
@@ -67,12 +72,13 @@ def execute(spec: RunSpec, worker: str) -> dict[str, Any]:
     Exceptions from the run itself are recorded in its ``run.json`` and returned as a ``failed`` outcome; only the
     death of this process (or a cluster's signal) keeps a run from ending with an outcome.
     """
-    from cme_bench import runner
+    from cme_bench import runner, trackers
 
     cfg = spec.config
     started = results.now()
     base = cfg.adapter == NO_ADAPTER
-    (outcome,) = runner.sweep(cfg, [] if base else [cfg.adapter], baseline=base)
+    with trackers.use(list(spec.trackers)):
+        (outcome,) = runner.sweep(cfg, [] if base else [cfg.adapter], baseline=base)
     _note_launch(cfg, outcome["run_id"], spec, worker, started)
     return {**outcome, "attempts": spec.attempt, "worker": worker}
 
