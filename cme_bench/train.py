@@ -104,19 +104,23 @@ def collate(examples: list[dict[str, list[int]]], pad_id: int) -> dict[str, torc
 
 
 def pack_rows(lengths: list[int], width: int) -> list[list[int]]:
-    """First-fit decreasing: indices into ``lengths`` grouped into rows of at most ``width`` tokens (order kept
-    inside a row). A longer example gets a row of its own."""
-    rows: list[list[int]] = []
-    free: list[int] = []
+    """Indices into ``lengths`` grouped into as few rows of at most ``width`` tokens as their total needs, balanced.
+
+    Longest first, each example goes to the currently shortest row (a new row when even that one has no room), so
+    the rows end up of similar length and padding them to the longest wastes little: first-fit would fill the first
+    rows and leave a short last one. Order is kept inside a row.
+    """
+    rows: list[list[int]] = [[] for _ in range(max(1, math.ceil(sum(lengths) / width)))]
+    used = [0] * len(rows)
     for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
-        slot = next((r for r, room in enumerate(free) if lengths[i] <= room), None)
-        if slot is None:
-            rows.append([i])
-            free.append(width - lengths[i])
-        else:
-            rows[slot].append(i)
-            free[slot] -= lengths[i]
-    return [sorted(r) for r in rows]
+        r = min(range(len(rows)), key=used.__getitem__)
+        if used[r] and used[r] + lengths[i] > width:
+            rows.append([])
+            used.append(0)
+            r = len(rows) - 1
+        rows[r].append(i)
+        used[r] += lengths[i]
+    return [sorted(row) for row in rows if row]
 
 
 def collate_packed(examples: list[dict[str, list[int]]], pad_id: int, width: int) -> dict[str, torch.Tensor]:
