@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from cme_bench import __version__
+from cme_bench import __version__, perf_env
 from cme_bench.errors import CmeError
 
 VERBS = ("run", "train", "eval", "sweep", "report", "tasks", "adapters", "profile")
@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    perf_env.apply()  # before any verb imports torch: OpenMP reads its settings once, at start-up
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
