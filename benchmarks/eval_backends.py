@@ -96,7 +96,8 @@ def main() -> None:
     unknown = sorted(set(names) - set(VARIANTS))
     if unknown:
         raise SystemExit(f"unknown variants {unknown}; choose from {sorted(VARIANTS)}")
-    print(f"{args.model}, adapter {args.adapter_path or 'none'}, {args.suite}, limit {args.limit}, cpus {os.cpu_count()}")
+    adapter = args.adapter_path or "none"
+    print(f"{args.model}, adapter {adapter}, {args.suite}, limit {args.limit}, cpus {os.cpu_count()}")
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     res = {}
     for name in names:
@@ -111,9 +112,8 @@ def main() -> None:
     print(f"ratios to {first} (>1: faster than {first})")
     for name in names[1:]:
         a, b = res[first], res[name]
-        print(
-            f"  {name:9} end to end x{a['wall_s'] / b['wall_s']:.2f}   evaluation alone x{a['eval_s'] / b['eval_s']:.2f}"
-        )
+        end_to_end, alone = a["wall_s"] / b["wall_s"], a["eval_s"] / b["eval_s"]
+        print(f"  {name:9} end to end x{end_to_end:.2f}   evaluation alone x{alone:.2f}")
     if "hf" in res and "vllm" in res:
         a, b = res["hf"], res["vllm"]
         print(

@@ -68,7 +68,8 @@ def main() -> None:
     ap.add_argument("--busy", default="0,2", help="comma-separated numbers of spinning processes to measure under")
     ap.add_argument("--variants", default="all", help="comma-separated variant numbers (1-based) or all")
     args = ap.parse_args()
-    chosen = list(VARIANTS) if args.variants == "all" else [list(VARIANTS)[int(i) - 1] for i in args.variants.split(",")]
+    names = list(VARIANTS)
+    chosen = names if args.variants == "all" else [names[int(i) - 1] for i in args.variants.split(",")]
     variants = {n: VARIANTS[n] for n in chosen if "LD_PRELOAD" not in VARIANTS[n] or os.path.exists(TCMALLOC)}
     print(f"cpu_count {os.cpu_count()}, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     for busy in [int(b) for b in args.busy.split(",")]:
