@@ -1,7 +1,7 @@
 """HF against vLLM on one adapter's evaluation, and tasks together against one at a time, side by side in one run.
 
 Each variant evaluates the same saved adapter on the same tasks and documents in a fresh child process, as
-``cme-bench eval`` would: ``hf-one`` (the HF backend, one lm-eval call per task: ``--eval-one-at-a-time``), ``hf``
+``cme-bench eval`` would (with its performance defaults, ``cme_bench.perf_env``): ``hf-one`` (the HF backend, one lm-eval call per task: ``--eval-one-at-a-time``), ``hf``
 (the HF backend, every task's requests together: the default) and ``vllm`` (the vLLM backend, run from the vLLM
 environment through ``scripts/vllm-run.sh``). Each child reports the seconds to set up (load the model and adapter;
 for vLLM: import vLLM and start the engine) and to evaluate; the parent adds the child's whole wall time (interpreter
@@ -27,6 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 CHILD = """
 import json, sys, time
 t0 = time.perf_counter()
+from cme_bench import perf_env
+perf_env.apply()  # as the cme-bench command does, before torch loads
 from pathlib import Path
 from cme_bench import backends, taskreg
 from cme_bench.backends import EvalTarget
