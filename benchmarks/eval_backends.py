@@ -1,12 +1,14 @@
 """HF against vLLM on one adapter's evaluation, and tasks together against one at a time, side by side in one run.
 
 Each variant evaluates the same saved adapter on the same tasks and documents in a fresh child process, as
-``cme-bench eval`` would (with its performance defaults, ``cme_bench.perf_env``): ``hf-one`` (the HF backend, one lm-eval call per task: ``--eval-one-at-a-time``), ``hf``
-(the HF backend, every task's requests together: the default) and ``vllm`` (the vLLM backend, run from the vLLM
-environment through ``scripts/vllm-run.sh``). Each child reports the seconds to set up (load the model and adapter;
-for vLLM: import vLLM and start the engine) and to evaluate; the parent adds the child's whole wall time (interpreter
-and imports included). Printed: seconds per variant, the ratios to the first variant with and without set-up, and
-whether every variant scored every task identically.
+``cme-bench eval`` would (with its performance defaults, ``cme_bench.perf_env``): ``hf-one`` (the HF backend, one
+lm-eval call per task: ``--eval-one-at-a-time``), ``hf`` (the HF backend, every task's requests together: the
+default), ``vllm-one`` and ``vllm`` (the vLLM backend, run from the vLLM environment through
+``scripts/vllm-run.sh``). Each child reports the seconds to set up (load the model and adapter; for vLLM: import
+vLLM and start the engine) and to evaluate; the parent adds the child's whole wall time (interpreter and imports
+included). Printed: seconds per variant, the ratios to the first variant with and without set-up, the load average
+(on a shared machine, compare only numbers measured under a similar load), and whether every variant scored every
+task identically.
 
 Usage: ``python benchmarks/eval_backends.py --adapter-path DIR [--model smollm2-135m] [--limit 20]
 [--variants hf-one,hf,vllm] [--tasks t1,t2]``
