@@ -23,7 +23,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -357,6 +357,9 @@ def train(
     tokens, positions, seen, t0 = 0, 0, 0, time.perf_counter()
     lengths = [len(e["input_ids"]) for e in examples]
     selective = _accepts_logits_to_keep(model)
+    if cfg.packing and not _packing_confines_attention(model):
+        log.warning("this model/transformers version does not confine attention to packed examples: padding instead")
+        cfg = replace(cfg, packing=False)
     for step, mine in step_examples(len(examples), cfg, rank, world, start):
         if step >= steps:
             break
@@ -428,13 +431,42 @@ def train(
     )
 
 
+def _packing_confines_attention(model: torch.nn.Module) -> bool:
+    """Check, on two short token runs, that a packed row gives the second run the logits it gets alone.
+
+    Packed rows rely on transformers deriving per-example attention from restarting position ids (with no
+    attention mask and no cache); an attention implementation or version without that would silently let
+    examples attend to each other. Inference mode, dropout off: nothing is recorded or trained.
+    """
+    vocab = model.get_input_embeddings().weight.shape[0]
+    device = model.get_input_embeddings().weight.device
+    first, second = torch.arange(3, 8) % vocab, torch.arange(11, 15) % vocab
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            row = torch.cat([first, second]).unsqueeze(0).to(device)
+            positions = torch.cat([torch.arange(5), torch.arange(4)]).unsqueeze(0).to(device)
+            packed = model(input_ids=row, position_ids=positions, use_cache=False).logits[0, 5:].float()
+            alone = model(input_ids=second.unsqueeze(0).to(device), use_cache=False).logits[0].float()
+    finally:
+        model.train(was_training)
+    return bool(torch.allclose(packed, alone, atol=1e-3 * max(1.0, alone.abs().max().item()), rtol=1e-3))
+
+
 def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
-    """Whether the model's forward can project only selected positions onto the vocabulary (transformers' boolean
-    ``logits_to_keep``); otherwise every position's logits are computed and the loss masks them."""
+    """Whether the model's forward can project only selected positions onto the vocabulary: transformers' boolean
+    ``logits_to_keep`` (its ``slice_logits_to_keep``, in causal LMs since transformers 5.2x). Older versions and
+    other architectures take only an int or positions shared by every row; then every position's logits are
+    computed and the loss masks them."""
     import inspect
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
+    try:
+        source = inspect.getsource(type(base).forward)
+    except (OSError, TypeError):  # no source to read (compiled or dynamically built): take the safe path
+        return False
+    return "slice_logits_to_keep(" in source
 
 
 def _collate(cfg: TrainConfig, examples: list[dict[str, list[int]]], pad_id: int, selective: bool) -> dict[str, Any]:
