@@ -155,7 +155,7 @@ def test_cli_json_round_trips_and_loads_in_the_reporter(tmp_path, capsys):
     argv += ["--batch", "1", "--seq-len", "16", "--new-tokens", "3", "--repeats", "1", "--infer-repeats", "1"]
     assert main([*argv, "--json", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "train ms" in printed and "decode/MoELoRA" in printed and "issue 8 targets" in printed
+    assert "train ms" in printed and "decode/MoELoRA" in printed and "efficiency targets" in printed
     doc = json.loads(out.read_text())
     assert doc["schema"] == "cme-bench-profile" and doc["version"] == 1 and doc["model"] == "tiny-llama"
     assert {"batch", "seq_len", "prompt_len", "new_tokens", "repeats", "device", "threads"} <= set(doc["settings"])

@@ -27,6 +27,8 @@ TUNERS.register("loramoe", "cme_bench.tuners.loramoe:METHOD")
 TUNERS.register("mixlora", "cme_bench.tuners.mixlora:METHOD")
 TUNERS.register("smora", "cme_bench.tuners.smora:METHOD")
 TUNERS.register("teamlora", "cme_bench.tuners.teamlora:METHOD")
+TUNERS.register("comol", "cme_bench.tuners.comol:METHOD")
+TUNERS.register("mola", "cme_bench.tuners.mola:METHOD")
 
 
 def get_method(name: str) -> MethodSpec:

@@ -21,17 +21,26 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cme_bench.errors import CmeError
 from cme_bench.tuners.base import (
     AdapterLayerMixin,
+    BlockServing,
     MethodSpec,
+    Params,
+    Site,
+    Tensors,
     check_non_negative,
     check_not_above,
+    experts_key,
+    leaf,
     new_linear,
     new_linears,
+    resize_experts,
     softmax_route,
+    top_k_renormalised,
 )
 
 PROJECTIONS = ("gate", "up", "down")
@@ -42,7 +51,7 @@ class MixLoraBlock(nn.Module, AdapterLayerMixin):
 
     method = "mixlora"
 
-    def __init__(self, mlp: nn.Module, params: dict[str, Any]) -> None:
+    def __init__(self, mlp: nn.Module, params: dict[str, Any], site: Site | None = None) -> None:
         super().__init__()
         missing = [n for n in ("gate_proj", "up_proj", "down_proj", "act_fn") if not hasattr(mlp, n)]
         if missing:
@@ -67,8 +76,7 @@ class MixLoraBlock(nn.Module, AdapterLayerMixin):
     def route(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Router probabilities ``[N, E]``, and the renormalised top-k weights and indices ``[N, k]``."""
         probs = softmax_route(self.lora_route, flat)
-        top_w, top_i = probs.topk(self.top_k, dim=-1)
-        return probs, top_w / top_w.sum(dim=-1, keepdim=True), top_i
+        return (probs, *top_k_renormalised(probs, self.top_k))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -120,6 +128,38 @@ def mix_experts_ffn(
     return hidden_sum, delta
 
 
+def pack(leaves: Tensors, p: Params) -> dict[str, torch.Tensor]:
+    """The block's saved tensors stacked per projection: ``<proj>_A`` ``[E, r, d_in]``, ``<proj>_B`` ``[E, d_out, r]``,
+    and the router ``[E, hidden]``."""
+    out = {"route": leaf(leaves, "lora_route.weight")}
+    for proj in PROJECTIONS:
+        for side in ("A", "B"):
+            parts = [leaf(leaves, f"lora_{proj}_{side}.{i}.weight") for i in range(int(p["num_experts"]))]
+            out[f"{proj}_{side}"] = torch.stack(parts)
+    return out
+
+
+def block_forward(
+    x: torch.Tensor, gate_up: torch.Tensor, down: Callable[[torch.Tensor], torch.Tensor],
+    act: Callable[[torch.Tensor], torch.Tensor], t: Tensors, p: Params,
+) -> torch.Tensor:  # fmt: skip
+    """The block output from tokens ``x`` ``[N, hidden]`` and the fused ``[gate | up]`` base projections (vLLM's
+    ``gate_up_proj``), with the same routing and expert loop as ``MixLoraBlock.forward``."""
+    xa = x.to(t["route"].dtype)
+    top_w, top_i = top_k_renormalised(F.softmax(F.linear(xa, t["route"]).float(), dim=-1), int(p["top_k"]))
+    scaling = float(p["alpha"]) / int(p["r"])
+
+    def lora(proj: str, e: int, h: torch.Tensor) -> torch.Tensor:
+        return F.linear(F.linear(h, t[f"{proj}_A"][e]), t[f"{proj}_B"][e]) * scaling
+
+    inter = gate_up.shape[-1] // 2
+    hidden_sum, delta = mix_experts_ffn(
+        xa, top_w, top_i, gate_up[..., :inter], gate_up[..., inter:], lora, act, int(p["num_experts"]),
+        t["down_B"].shape[1],
+    )  # fmt: skip
+    return down(hidden_sum) + delta.to(hidden_sum.dtype)
+
+
 def switch_balance_loss(probs: torch.Tensor, top_i: torch.Tensor, num_experts: int) -> torch.Tensor:
     """``E * sum_e f_e * P_e``: f_e = (tokens with e in their top-k) / tokens, P_e = mean router probability."""
     counts = torch.zeros(num_experts, device=probs.device).index_add(
@@ -151,5 +191,12 @@ METHOD = MethodSpec(
     build_layer=MixLoraBlock,
     aux_weight_key="aux_loss_weight",
     check=_check,
+    serving="routed",
+    vllm=BlockServing(pack=pack, forward=block_forward),
+    deviations=lambda p: [
+        "mixlora: FFN experts only (template also adds LoRA on q,k,v,o); balance loss includes padding"
+    ],
+    experts=experts_key,
+    resize=resize_experts,
     notes=["FFN experts only (no attention LoRA)", "balance loss includes padding positions"],
 )
