@@ -291,7 +291,8 @@ def test_comol_fused_equals_reference():
 def test_comol_init_and_core_loss():
     layer = build(CoMoLLayer, "comol", nn.Linear(16, 8), r=4, num_experts=3)
     assert torch.count_nonzero(layer.lora_B.weight) == 0 and torch.all(layer.lora_cores.abs() <= 0.5)
-    assert len({float(c.detach().norm()) for c in layer.lora_cores}) == 3  # each core drawn on its own (kaiming, a = sqrt 5)
+    # each core drawn on its own (kaiming, a = sqrt 5)
+    assert len({float(c.detach().norm()) for c in layer.lora_cores}) == 3
     # orthogonal cores -> 0; two equal cores -> their pair counts 1 (of E (E - 1) = 2 ordered pairs)
     eye = torch.eye(2)
     assert float(core_orthogonality(torch.stack([eye, torch.tensor([[0.0, 1.0], [1.0, 0.0]])]))) == 0.0
