@@ -371,13 +371,14 @@ class AdapterLayerMixin:
         self.load_sum, self.load_count = None, 0
 
     def init_adapter(self, base: nn.Module, params: dict[str, Any], scale_rank: int) -> None:
-        """The start every native layer shares: bookkeeping, the frozen ``base_layer``, ``scaling = alpha /
-        scale_rank`` and ``lora_dropout``.
+        """The start every native layer shares: bookkeeping, ``params``, ``fused`` (the ``forward`` parameter), the
+        frozen ``base_layer``, ``scaling = alpha / scale_rank`` and ``lora_dropout``.
 
         Call it before creating any ``lora_*`` weight: the submodule order (base, dropout, adapter weights) fixes the
         parameter order and, with a seed, which random numbers each weight's init draws.
         """
         self.init_bookkeeping()
+        self.fused = params.get("forward") == "fused"
         self.base_layer = base
         self.scaling = float(params["alpha"]) / scale_rank
         self.lora_dropout = make_dropout(float(params["dropout"]))
@@ -438,6 +439,11 @@ def stack_leaves(leaves: Tensors, stem: str, dim: int) -> torch.Tensor:
     if not parts or sorted(parts) != list(range(len(parts))):
         raise CmeError(f"expected {stem}.0.weight, {stem}.1.weight, ... in the adapter, found {sorted(leaves)}")
     return torch.cat([parts[i] for i in range(len(parts))], dim=dim)
+
+
+def lora_scaling(p: Params, rank_key: str = "r") -> float:
+    """``alpha / p[rank_key]``: LoRA's scaling over the rank each expert (or the shared pair) has."""
+    return float(p["alpha"]) / int(p[rank_key])
 
 
 def per_expert(w: torch.Tensor, rank: int, z: torch.Tensor) -> torch.Tensor:

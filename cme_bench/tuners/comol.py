@@ -47,6 +47,7 @@ from cme_bench.tuners.base import (
     identity,
     init_weight,
     leaf,
+    lora_scaling,
     method_defaults,
     new_linear,
     resize_experts,
@@ -69,7 +70,7 @@ def delta_reference(
 ) -> torch.Tensor:
     """The released form: ``s B drop(z drop(C(x)))`` with the merged core materialised per token."""
     u = (z.unsqueeze(-2) @ drop(merged_core(g, cores))).squeeze(-2)
-    return F.linear(drop(u), b) * (float(p["alpha"]) / int(p["r"]))
+    return F.linear(drop(u), b) * lora_scaling(p)
 
 
 def mix(
@@ -114,10 +115,8 @@ class CoMoLLayer(nn.Module, AdapterLayerMixin):
 
     def __init__(self, base: nn.Linear, params: dict[str, Any], site: Site | None = None) -> None:
         super().__init__()
-        self.params = params
         self.num_experts = int(params["num_experts"])
         self.r = int(params["r"])
-        self.fused = params["forward"] == "fused"
         self.core_routing = params["router_input"] == "core"
         self.aux_weight = float(params["core_loss_weight"]) if params["use_core_loss"] else 0.0
         self.init_adapter(base, params, self.r)

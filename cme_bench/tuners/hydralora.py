@@ -32,6 +32,7 @@ from cme_bench.tuners.base import (
     fused_dropout_deviation,
     identity,
     leaf,
+    lora_scaling,
     method_defaults,
     mix_experts,
     new_linear,
@@ -47,7 +48,7 @@ from cme_bench.tuners.base import (
 def mix(a_out: torch.Tensor, logits: torch.Tensor, t: Tensors, p: Params) -> tuple[torch.Tensor, torch.Tensor]:
     """Fused form's middle: ``u = (w outer s A x).flatten()`` (head-major, ``[..., N * r]``); delta = ``B_cat u``."""
     w = F.softmax(logits.float(), dim=-1)
-    z = a_out * (float(p["alpha"]) / int(p["r"]))
+    z = a_out * lora_scaling(p)
     return (w.to(z.dtype).unsqueeze(-1) * z.unsqueeze(-2)).flatten(-2), w
 
 
@@ -56,7 +57,7 @@ def delta_reference(
     drop: Callable = identity,
 ) -> torch.Tensor:  # fmt: skip
     """As released: ``A x`` recomputed for every head, each time with a fresh dropout mask (N x the A cost)."""
-    scaling = float(p["alpha"]) / int(p["r"])
+    scaling = lora_scaling(p)
     return mix_experts(w, (F.linear(F.linear(drop(x), a), b_i) * scaling for b_i in b))
 
 
@@ -75,10 +76,8 @@ class HydraLoraLayer(nn.Module, AdapterLayerMixin):
 
     def __init__(self, base: nn.Linear, params: dict[str, Any], site: Site | None = None) -> None:
         super().__init__()
-        self.params = params
         self.num_experts = int(params["num_experts"])
         self.r = int(params["r"])
-        self.fused = params["forward"] == "fused"
         self.init_adapter(base, params, self.r)
         self.lora_A = new_linear(base.in_features, self.r, base, "kaiming")
         self.lora_B = new_linears(self.num_experts, self.r, base.out_features, base, "zeros")

@@ -36,6 +36,7 @@ from cme_bench.tuners.base import (
     check_not_above,
     experts_key,
     leaf,
+    lora_scaling,
     new_linear,
     new_linears,
     resize_experts,
@@ -147,7 +148,7 @@ def block_forward(
     ``gate_up_proj``), with the same routing and expert loop as ``MixLoraBlock.forward``."""
     xa = x.to(t["route"].dtype)
     top_w, top_i = top_k_renormalised(F.softmax(F.linear(xa, t["route"]).float(), dim=-1), int(p["top_k"]))
-    scaling = float(p["alpha"]) / int(p["r"])
+    scaling = lora_scaling(p)
 
     def lora(proj: str, e: int, h: torch.Tensor) -> torch.Tensor:
         return F.linear(F.linear(h, t[f"{proj}_A"][e]), t[f"{proj}_B"][e]) * scaling

@@ -36,6 +36,7 @@ from cme_bench.tuners.base import (
     fused_dropout_deviation,
     identity,
     leaf,
+    lora_scaling,
     method_defaults,
     mix_experts,
     new_linear,
@@ -81,7 +82,7 @@ def delta_reference(
     drop: Callable = identity,
 ) -> torch.Tensor:  # fmt: skip
     """The released loop: ``sum_i w_i s B_i A_i drop_i(x)``, a fresh dropout mask per expert."""
-    scaling = float(p["alpha"]) / int(p["r"])
+    scaling = lora_scaling(p)
     return mix_experts(w, (F.linear(F.linear(drop(x), a_i), b_i) * scaling for a_i, b_i in zip(a, b)))
 
 
@@ -109,10 +110,8 @@ class MoeLoraLayer(nn.Module, AdapterLayerMixin):
     ) -> None:  # fmt: skip
         super().__init__()
         self.method = method
-        self.params = params
         self.num_experts = int(num_experts if num_experts is not None else params["num_experts"])
         self.r = int(params["r"])
-        self.fused = params["forward"] == "fused"
         self.route = route
         self.reference = reference or delta_reference
         self.with_aux = with_aux

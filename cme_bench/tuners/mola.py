@@ -37,6 +37,7 @@ from cme_bench.tuners.base import (
     Site,
     fused_dropout_deviation,
     identity,
+    lora_scaling,
     method_defaults,
     top_k_renormalised,
 )
@@ -76,7 +77,7 @@ def delta_reference(
     drop: Callable = identity,
 ) -> torch.Tensor:  # fmt: skip
     """The released loop: each expert on its routed tokens only, ``w_i s B_i A_i drop(x)``, scattered back."""
-    scaling = float(p["alpha"]) / int(p["r"])
+    scaling = lora_scaling(p)
     flat, weights = x.reshape(-1, x.shape[-1]), w.reshape(-1, w.shape[-1])
     out = flat.new_zeros(flat.shape[0], b[0].shape[0])
     for e, (a_e, b_e) in enumerate(zip(a, b)):

@@ -66,7 +66,6 @@ class SmoraLayer(nn.Module, AdapterLayerMixin):
 
     def __init__(self, base: nn.Linear, params: dict[str, Any], site: Site | None = None) -> None:
         super().__init__()
-        self.params = params
         self.r = int(params["r"])
         self.activate_r = int(params["activate_r"])
         self.bias_update_rate = float(params["bias_update_rate"])

@@ -127,10 +127,8 @@ class TeamLoraLayer(nn.Module, AdapterLayerMixin):
 
     def __init__(self, base: nn.Linear, params: dict[str, Any], site: Site | None = None) -> None:
         super().__init__()
-        self.params = params
         self.k, self.r_b, _ = _sizes(params)
         self.r_a = int(params["r_a"])
-        self.fused = params["forward"] == "fused"
         self.aux_weight = float(params["balance_loss_weight"])
         self.init_adapter(base, params, self.r_b)  # scaling alpha / r_B: the per-expert rank, as released
         self.lora_A = new_linear(base.in_features, self.r_a, base, "kaiming")
