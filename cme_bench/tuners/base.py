@@ -378,6 +378,7 @@ class AdapterLayerMixin:
         parameter order and, with a seed, which random numbers each weight's init draws.
         """
         self.init_bookkeeping()
+        self.params = params
         self.fused = params.get("forward") == "fused"
         self.base_layer = base
         self.scaling = float(params["alpha"]) / scale_rank
