@@ -63,6 +63,7 @@ class LinearServing:
 
     pack: Callable[[Tensors, Params], dict[str, torch.Tensor]]
     mix: Callable[..., tuple[torch.Tensor, Any]]
+    eager: bool = False  # True when the math has data-dependent shapes (no torch.compile / CUDA graphs)
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ class BlockServing:
 
     pack: Callable[[Tensors, Params], dict[str, torch.Tensor]]
     forward: Callable[..., torch.Tensor]
+    eager: bool = True  # a top-k expert loop over gathered tokens has data-dependent shapes
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,7 @@ class ServingPlan:
     rank: int | None = None
     hf_overrides: dict[str, Any] = field(default_factory=dict)
     note: str = ""
+    eager: bool = False  # the routed math has data-dependent shapes: the engine must run eagerly
 
     @property
     def engine_key(self) -> tuple[str, str]:
@@ -98,7 +99,8 @@ def plan(model_dir: str | Path, adapter_dir: str | Path | None, *, lora_serving:
     adapter_dir = Path(adapter_dir).resolve()
     saved = read_adapter(adapter_dir)
     method = saved.method
-    serving = get_method(method).serving
+    spec = get_method(method)
+    serving = spec.serving
     if serving == "routed":
         from cme_bench.vllm_backend.plugin import ROUTED_ARCHITECTURE
 
@@ -109,12 +111,13 @@ def plan(model_dir: str | Path, adapter_dir: str | Path | None, *, lora_serving:
                 f"{model_dir.name} is {model_type!r}: use --backend hf"
             )
         overrides = {"architectures": [ROUTED_ARCHITECTURE], "cme_adapter": str(adapter_dir)}
-        return ServingPlan("routed", model_dir, adapter_dir, method, hf_overrides=overrides)
+        eager = spec.vllm is not None and spec.vllm.eager
+        return ServingPlan("routed", model_dir, adapter_dir, method, hf_overrides=overrides, eager=eager)
     if serving == "merged" or (serving == "lora" and lora_serving == "merged"):
         return _merged_plan(model_dir, adapter_dir, method)
     if serving != "lora":
         raise CmeError(f"adapter method {method!r} has no vLLM serving path; use --backend hf")
-    if get_method(method).to_lora is None:  # a PEFT LoRA: vLLM loads the folder itself
+    if spec.to_lora is None:  # a PEFT LoRA: vLLM loads the folder itself
         _check_plain_lora(saved.config, adapter_dir)
         return ServingPlan("lora", model_dir, adapter_dir, method, adapter_dir, _peft_rank(saved.config))
     out = cache_dir() / "vllm" / "lora" / f"{method}-{_digest(adapter_dir)}"
