@@ -526,15 +526,15 @@ def _find(rows: Sequence[dict[str, Any]], **want: Any) -> dict[str, Any] | None:
 def ratio_table(rows: Sequence[dict[str, Any]], rank: int) -> list[dict[str, Any]]:
     """One ratio row per routed variant: train step and decode time over LoRA (rank ``rank`` and the same total
     rank) and over MoELoRA's reference form with the same k and per-expert rank; paper figures beside them."""
-    lora = [r for r in rows if r["method"] == LORA_REFERENCE]
+    plain = [r for r in rows if r["method"] == LORA_REFERENCE]
     out = []
     for r in rows:
         if r["experts"] is None:
             continue
-        refs = {
-            "lora": _find(lora, total_rank=rank),
-            "lora_same_rank": _find(lora, total_rank=r["total_rank"]),
-            "moelora": _find(rows, method=MOE_REFERENCE, experts=r["experts"], rank=r["rank"], form="reference"),
+        refs = {  # the reference's method names the ratio: train_x_<method>, decode_x_<method>_same_rank
+            LORA_REFERENCE: _find(plain, total_rank=rank),
+            f"{LORA_REFERENCE}_same_rank": _find(plain, total_rank=r["total_rank"]),
+            MOE_REFERENCE: _find(rows, method=MOE_REFERENCE, experts=r["experts"], rank=r["rank"], form="reference"),
         }
         item = {k: r[k] for k in ("adapter", "method", "experts", "form")}
         for name, ref in refs.items():
@@ -584,9 +584,9 @@ def add_vllm_figures(doc: dict[str, Any], figures: dict[str, dict[str, Any] | No
         if r is None:
             continue
         moe = _find(rows, method=MOE_REFERENCE, experts=r["experts"], rank=r["rank"], form="fused")
-        lora = _find([x for x in rows if x["method"] == LORA_REFERENCE], total_rank=r["total_rank"])
-        item["vllm_decode_x_moelora"] = _ratio(r, moe, "vllm_decode_ms_per_token")
-        item["vllm_decode_x_lora_same_rank"] = _ratio(r, lora, "vllm_decode_ms_per_token")
+        same_rank = _find([x for x in rows if x["method"] == LORA_REFERENCE], total_rank=r["total_rank"])
+        item[f"vllm_decode_x_{MOE_REFERENCE}"] = _ratio(r, moe, "vllm_decode_ms_per_token")
+        item[f"vllm_decode_x_{LORA_REFERENCE}_same_rank"] = _ratio(r, same_rank, "vllm_decode_ms_per_token")
     doc["settings"]["vllm"] = True
 
 
