@@ -326,6 +326,34 @@ def test_mola_layer_wise_expert_counts():
                        "down_proj")}  # fmt: skip
 
 
+def test_mola_strict_load_checks_each_layers_expert_count(tmp_path):
+    """A saved MoLA adapter reloads bit for bit; claiming another allocation is refused by shape, layer by layer."""
+    import json
+
+    preset = adapters.preset_from_dict({"method": "mola", "params": {"r": 2, "expert_allocation": [2, 3]}}, name="m")
+    base = build_tiny_llama(seed=0)[0]
+    info = architecture_info(base)
+    model = adapters.apply_adapter(base, preset, seed=0)
+    randomise(model, seed=1)
+    ids = torch.randint(0, 100, (2, 6), generator=torch.Generator().manual_seed(0))
+    folder = adapters.save_adapter(model, tmp_path / "mola", base_info=info)
+    loaded = adapters.load_adapter(build_tiny_llama(seed=0)[0], folder)
+    assert torch.equal(loaded(ids).logits, model(ids).logits)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    config["params"]["expert_allocation"] = [2, 4]
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(CmeError, match=r"wrong shapes.*layers\.1"):
+        adapters.load_adapter(build_tiny_llama(seed=0)[0], folder)
+
+
+def test_new_methods_label_their_fused_deviations():
+    for method in ("comol", "mola"):
+        spec = get_method(method)
+        assert spec.deviations_for(spec.validate({"forward": "fused", "dropout": 0.1}))
+        assert not spec.deviations_for(spec.validate({"forward": "fused", "dropout": 0.0}))
+        assert not spec.deviations_for(spec.validate({"forward": "reference", "dropout": 0.1}))
+
+
 def test_mola_closed_form_top_2_of_3():
     """3 experts of rank 1 on a zero base; router logits [ln 3, ln 1, -inf-ish]: the top 2 are experts 0 and 1 with
     weights 3/4 and 1/4 (renormalised), expert 2 contributes nothing."""
