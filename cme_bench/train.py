@@ -29,7 +29,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from cme_bench import adapters
-from cme_bench.errors import CmeError, ConfigError
+from cme_bench.config import TrainConfig
+from cme_bench.errors import CmeError
 from cme_bench.results import kill_point, peak_memory_bytes
 
 log = logging.getLogger(__name__)
@@ -37,62 +38,6 @@ log = logging.getLogger(__name__)
 IGNORE_INDEX = -100
 # Fault injection for the kill-and-resume test: SIGKILL this process right after the given optimiser step.
 KILL_AFTER_STEP_ENV = "CME_BENCH_KILL_AFTER_STEP"
-
-
-@dataclass
-class TrainConfig:
-    """Training hyperparameters. Defaults follow the LoRAMoE/TeamLoRA family (lr 2e-4, cosine, warmup 3%).
-
-    Args:
-        learning_rate: peak AdamW learning rate.
-        batch_size: micro-batch size per process.
-        grad_accum: micro-batches per optimiser step.
-        max_steps: optimiser steps; 0 means ``epochs`` passes over the data.
-        epochs: passes over the data when ``max_steps`` is 0.
-        max_seq_len: prompt+target tokens kept per example (the prompt is cut from the left if needed).
-        warmup_ratio: share of the steps spent warming up linearly.
-        weight_decay: AdamW weight decay.
-        max_grad_norm: gradient clipping norm (0 disables).
-        checkpoint_every: optimiser steps between checkpoints (0 disables).
-        gradient_checkpointing: trade compute for activation memory.
-        mixed_precision: "auto" (bf16 on a bf16-capable GPU, fp32 otherwise), "no" or "bf16".
-        seed: data order, dropout and initialisation seed.
-    """
-
-    learning_rate: float = 2e-4
-    batch_size: int = 8
-    grad_accum: int = 1
-    max_steps: int = 0
-    epochs: float = 1.0
-    max_seq_len: int = 512
-    warmup_ratio: float = 0.03
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    checkpoint_every: int = 50
-    gradient_checkpointing: bool = False
-    mixed_precision: str = "auto"
-    seed: int = 0
-    log_every: int = 1
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        problems = []
-        for name in ("batch_size", "grad_accum", "max_seq_len", "log_every"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        for name in ("max_steps", "checkpoint_every", "weight_decay", "max_grad_norm"):
-            if getattr(self, name) < 0:
-                problems.append(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        if not self.learning_rate > 0:
-            problems.append(f"learning_rate must be > 0, got {self.learning_rate!r}")
-        if self.max_steps == 0 and not self.epochs > 0:
-            problems.append(f"epochs must be > 0 when max_steps is 0, got {self.epochs!r}")
-        if not 0 <= self.warmup_ratio < 1:
-            problems.append(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
-        if self.mixed_precision not in ("auto", "no", "bf16"):
-            problems.append(f"mixed_precision must be auto, no or bf16, got {self.mixed_precision!r}")
-        if problems:
-            raise ConfigError(problems, "training config")
 
 
 @dataclass
