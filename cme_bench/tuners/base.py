@@ -185,6 +185,19 @@ def resize_experts(params: Params, experts: int | None, rank: int) -> dict[str, 
     return {"num_experts": experts, "r": rank} if experts is not None else {}
 
 
+def routed_method(**fields: Any) -> MethodSpec:
+    """A token-routed method: not mergeable, served routed by vLLM, ``num_experts`` experts (unless ``fields`` say
+    otherwise)."""
+    defaults = {
+        "routed": True,
+        "mergeable": False,
+        "serving": "routed",
+        "experts": experts_key,
+        "resize": resize_experts,
+    }
+    return MethodSpec(**{**defaults, **fields})
+
+
 def fused_dropout_deviation(name: str) -> Callable[[Params], list[str]]:
     """The deviation of a fused form that shares one dropout mask over x where the release draws one per expert."""
 

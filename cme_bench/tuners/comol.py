@@ -35,7 +35,6 @@ from torch import nn
 from cme_bench.tuners.base import (
     AdapterLayerMixin,
     LinearServing,
-    MethodSpec,
     Params,
     Site,
     Tensors,
@@ -43,14 +42,13 @@ from cme_bench.tuners.base import (
     add_delta,
     check_non_negative,
     describe,
-    experts_key,
     identity,
     init_weight,
     leaf,
     lora_scaling,
     method_defaults,
     new_linear,
-    resize_experts,
+    routed_method,
 )
 
 ROUTER_INPUTS = ("core", "input")
@@ -165,7 +163,7 @@ def _check(p: dict[str, Any]) -> list[str]:
     return problems
 
 
-METHOD = MethodSpec(
+METHOD = routed_method(
     name="comol",
     description="CoMoL: shared LoRA A/B, E r x r core matrices soft-merged per token by a core-space router (routed)",
     defaults=method_defaults(
@@ -177,16 +175,11 @@ METHOD = MethodSpec(
         use_core_loss=False,
         core_loss_weight=0.0,
     ),
-    routed=True,
-    mergeable=False,
     build_layer=CoMoLLayer,
     aux_weight_key="core_loss_weight",
     check=_check,
-    serving="routed",
     vllm=LinearServing(pack=pack, mix=mix),
     deviations=_deviations,
-    experts=experts_key,
-    resize=resize_experts,
     notes=[
         "released settings: r 16, 8 cores, alpha = r, dropout 0.1; the release adapts q,k,v,o,down",
         "per-expert rank = the shared rank r (the cores share A and B)",

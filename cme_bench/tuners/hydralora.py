@@ -22,13 +22,11 @@ from torch import nn
 from cme_bench.tuners.base import (
     AdapterLayerMixin,
     LinearServing,
-    MethodSpec,
     Params,
     Site,
     Tensors,
     add_delta,
     describe,
-    experts_key,
     fused_dropout_deviation,
     identity,
     leaf,
@@ -37,7 +35,7 @@ from cme_bench.tuners.base import (
     mix_experts,
     new_linear,
     new_linears,
-    resize_experts,
+    routed_method,
     stack_leaves,
 )
 
@@ -102,17 +100,12 @@ class HydraLoraLayer(nn.Module, AdapterLayerMixin):
         return add_delta(result, delta)
 
 
-METHOD = MethodSpec(
+METHOD = routed_method(
     name="hydralora",
     description="HydraLoRA: shared A, several routed B heads (routed)",
     defaults=method_defaults({"r": 32, "num_experts": 4}, forward="reference"),
-    routed=True,
-    mergeable=False,
     build_layer=HydraLoraLayer,
-    serving="routed",
     vllm=LinearServing(pack=pack, mix=mix),
     deviations=fused_dropout_deviation("hydralora"),
-    experts=experts_key,
-    resize=resize_experts,
     notes=["TeamLoRA's table row: A rank 32 + 4 heads of rank 32"],
 )

@@ -13,13 +13,11 @@ from typing import Any
 
 from cme_bench.tuners.base import (
     LinearServing,
-    MethodSpec,
     Params,
     check_non_negative,
-    experts_key,
     fused_dropout_deviation,
     method_defaults,
-    resize_experts,
+    routed_method,
 )
 from cme_bench.tuners.moelora import MoeLoraLayer, mix, pack
 
@@ -40,19 +38,14 @@ def _check(p: dict[str, Any]) -> list[str]:
     return problems
 
 
-METHOD = MethodSpec(
+METHOD = routed_method(
     name="loramoe",
     description="LoRAMoE: dense token-routed LoRA experts with the localized balancing loss (off by default) (routed)",
     defaults=method_defaults({"r": 4, "num_experts": 8}, forward="reference", blc_weight=0.0, blc_alpha=0.0),
-    routed=True,
-    mergeable=False,
     build_layer=functools.partial(MoeLoraLayer, method="loramoe", with_aux=True),
     aux_weight_key="blc_weight",
     check=_check,
-    serving="routed",
     vllm=LinearServing(pack=pack, mix=mix),
     deviations=_deviations,
-    experts=experts_key,
-    resize=resize_experts,
     notes=["released script: blc_weight = blc_alpha = 0"],
 )

@@ -28,18 +28,16 @@ from cme_bench.errors import CmeError
 from cme_bench.tuners.base import (
     AdapterLayerMixin,
     BlockServing,
-    MethodSpec,
     Params,
     Site,
     Tensors,
     check_non_negative,
     check_not_above,
-    experts_key,
     leaf,
     lora_scaling,
     new_linear,
     new_linears,
-    resize_experts,
+    routed_method,
     softmax_route,
     top_k_renormalised,
 )
@@ -174,7 +172,7 @@ def _check(p: dict[str, Any]) -> list[str]:
     return check_not_above(p, "top_k", "num_experts") + check_non_negative(p, "aux_loss_weight")
 
 
-METHOD = MethodSpec(
+METHOD = routed_method(
     name="mixlora",
     description="MixLoRA: top-k sparse FFN experts (frozen FFN + per-expert LoRA) with load-balance loss (routed)",
     defaults={
@@ -186,18 +184,13 @@ METHOD = MethodSpec(
         "aux_loss_weight": 0.001,
         "target_modules": ["mlp"],
     },
-    routed=True,
-    mergeable=False,
     scope="mlp",
     build_layer=MixLoraBlock,
     aux_weight_key="aux_loss_weight",
     check=_check,
-    serving="routed",
     vllm=BlockServing(pack=pack, forward=block_forward),
     deviations=lambda p: [
         "mixlora: FFN experts only (template also adds LoRA on q,k,v,o); balance loss includes padding"
     ],
-    experts=experts_key,
-    resize=resize_experts,
     notes=["FFN experts only (no attention LoRA)", "balance loss includes padding positions"],
 )

@@ -26,13 +26,11 @@ from torch import nn
 from cme_bench.tuners.base import (
     AdapterLayerMixin,
     LinearServing,
-    MethodSpec,
     Params,
     Site,
     Tensors,
     add_delta,
     describe,
-    experts_key,
     fused_dropout_deviation,
     identity,
     leaf,
@@ -42,7 +40,7 @@ from cme_bench.tuners.base import (
     new_linear,
     new_linears,
     per_expert,
-    resize_experts,
+    routed_method,
     stack_leaves,
 )
 
@@ -173,17 +171,12 @@ def localized_balance_loss(w: torch.Tensor, task_types: torch.Tensor | None, del
     return cv_squared(q * importance)
 
 
-METHOD = MethodSpec(
+METHOD = routed_method(
     name="moelora",
     description="MoELoRA (dense token-routed mixture of independent LoRA experts, variant 5c) (routed)",
     defaults=method_defaults({"r": 32, "num_experts": 4}, forward="reference"),
-    routed=True,
-    mergeable=False,
     build_layer=MoeLoraLayer,
-    serving="routed",
     vllm=LinearServing(pack=pack, mix=mix),
     deviations=fused_dropout_deviation("moelora"),
-    experts=experts_key,
-    resize=resize_experts,
     notes=["variant 5c (token-level dense), scaling alpha / r per expert"],
 )

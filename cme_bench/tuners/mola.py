@@ -32,13 +32,13 @@ from torch import nn
 from cme_bench.errors import CmeError
 from cme_bench.tuners.base import (
     LinearServing,
-    MethodSpec,
     Params,
     Site,
     fused_dropout_deviation,
     identity,
     lora_scaling,
     method_defaults,
+    routed_method,
     top_k_renormalised,
 )
 from cme_bench.tuners.moelora import MoeLoraLayer, make_mix, pack
@@ -108,17 +108,14 @@ def _check(p: dict[str, Any]) -> list[str]:
     return []
 
 
-METHOD = MethodSpec(
+METHOD = routed_method(
     name="mola",
     description="MoLA: top-2 MoE-LoRA, layer-wise expert counts (released 2-4-6-8 over four layer groups) (routed)",
     defaults=method_defaults(
         {"r": 8, "expert_allocation": list(RELEASED_ALLOCATION), "top_k": 2}, alpha=16, forward="reference"
     ),
-    routed=True,
-    mergeable=False,
     build_layer=build_layer,
     check=_check,
-    serving="routed",
     vllm=LinearServing(pack=pack, mix=mix),
     deviations=fused_dropout_deviation("mola"),
     experts=lambda p: max(p["expert_allocation"]),

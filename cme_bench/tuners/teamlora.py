@@ -37,19 +37,18 @@ from cme_bench.tuners.base import (
     AdapterLayerMixin,
     ForeignLayout,
     LinearServing,
-    MethodSpec,
     Params,
     Site,
     Tensors,
     adapter_dtype,
     add_delta,
     describe,
-    experts_key,
     identity,
     leaf,
     method_defaults,
     new_linear,
     per_expert,
+    routed_method,
 )
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -245,21 +244,17 @@ def _check(p: dict[str, Any]) -> list[str]:
     return problems
 
 
-METHOD = MethodSpec(
+METHOD = routed_method(
     name="teamlora",
     description="TeamLoRA: shared A (r_a), k sliced B experts, Shapley router + interaction matrix (routed)",
     defaults=method_defaults(
         {"r_a": 128, "num_experts": 4}, balance_loss_weight=0.0, forward="fused", normalizer_eps=None
     ),
-    routed=True,
-    mergeable=False,
     build_layer=TeamLoraLayer,
     aux_weight_key="balance_loss_weight",
     check=_check,
-    serving="routed",
     vllm=LinearServing(pack=pack, mix=mix),
     deviations=_deviations,
-    experts=experts_key,
     rank=lambda p: p["r_a"] // p["num_experts"],
     resize=lambda p, k, rank: {"num_experts": k, "r_a": k * rank},
     layouts=(AUTHORS_LAYOUT,),
