@@ -67,6 +67,15 @@ class TrainConfig:
     max_grad_norm: float = setting(1.0, "gradient clipping norm (0: none)")
     checkpoint_every: int = setting(20, "optimiser steps between checkpoints (0: none)", group="training")
     gradient_checkpointing: bool = setting(False, "trade compute for activation memory", group="training")
+    packing: bool = setting(
+        True,
+        "pad every example to its micro-batch's longest instead of packing examples into rows",
+        flag="--no-packing",
+        group="training",
+    )
+    tokens_per_batch: int = setting(
+        0, "cut each step's examples into micro-batches of at most N tokens (0: by --batch-size)", group="training"
+    )
     mixed_precision: str = setting("auto", "auto (bf16 on a bf16-capable GPU, else fp32) | no | bf16")
     seed: int = setting(0, "data order, dropout and initialisation seed")
 
@@ -80,7 +89,7 @@ class TrainConfig:
         for name in ("batch_size", "grad_accum", "max_seq_len"):
             if getattr(self, name) < 1:
                 problems.append(f"{option(name)} must be >= 1, got {getattr(self, name)!r}")
-        for name in ("max_steps", "checkpoint_every", "weight_decay", "max_grad_norm"):
+        for name in ("max_steps", "checkpoint_every", "weight_decay", "max_grad_norm", "tokens_per_batch"):
             if getattr(self, name) < 0:
                 problems.append(f"{option(name)} must be >= 0, got {getattr(self, name)!r}")
         if not self.learning_rate > 0:
@@ -209,8 +218,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, train: bool = True, ev
         group, flag, help_text = groups[f.metadata["group"]], option(f.name), f.metadata["help"].replace("%", "%%")
         if f.name == "backend":  # the choices are the backend registry's names
             help_text += f" ({' | '.join(BACKENDS.names())})"
-        if f.type in (bool, "bool"):
-            group.add_argument(flag, dest=f.name, action="store_true", help=help_text)
+        if f.type in (bool, "bool"):  # the flag flips the default: --resume turns on, --no-packing turns off
+            action = "store_false" if getattr(d, f.name) else "store_true"
+            group.add_argument(flag, dest=f.name, action=action, help=help_text)
         else:
             kind = {"int": int, "float": float, "str": str, "int | None": int}.get(str(f.type), str)
             group.add_argument(

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from cme_bench import adapters, backends, results, taskreg
+from cme_bench import adapters, backends, modelcard, results, taskreg, trackers
 from cme_bench.backends import EvalBackend, EvalSession, EvalTarget
 from cme_bench.config import NO_ADAPTER, RunConfig
 from cme_bench.errors import CmeError
@@ -93,6 +93,8 @@ def _open_record(cfg: RunConfig, run_id: str, name: str) -> RunLog:
     data.update(status="running", error=None, config=cfg.to_dict())
     record = RunLog(run_dir, data, enabled=cfg.is_main_process())
     record.save()
+    if record.enabled:
+        trackers.start_run(run_id, cfg.to_dict(), run_dir)
     return record
 
 
@@ -168,8 +170,10 @@ def _costs(result, model, tokenizer) -> dict[str, Any]:
 
 
 def finish(record: RunLog, status: str, exc: BaseException | None = None) -> None:
-    """The last stage: the run's final status (success, failed, cancelled), its error and the finishing time."""
+    """The last stage: the run's final status (success, failed, cancelled), its error and the finishing time; the
+    final scores go to the active experiment trackers, whose runs for this record close."""
     record.update(status=status, error=results.error_info(exc) if exc else None, finished_at=results.now())
+    trackers.finish_run(record.data)
 
 
 def _guarded(record: RunLog, body, *, last: bool = True) -> dict[str, Any]:
@@ -229,17 +233,20 @@ def train_stage(state: RunState) -> Trained:
         loaded.model, preset, total_steps=total_steps(len(train_records), cfg, world), seed=cfg.seed
     )
     record.update(adapter=_adapter_summary(model, preset=preset.name, path="adapter"))
-    result = train(model, loaded.tokenizer, train_records, cfg, out_dir=record.dir, resume=cfg.resume)
+    on_step = partial(trackers.log_step, record.data["run_id"])  # per-step metrics to the experiment trackers
+    result = train(model, loaded.tokenizer, train_records, cfg, out_dir=record.dir, resume=cfg.resume, on_step=on_step)
     return Trained(model, loaded.tokenizer, result, base_info, base_logits)
 
 
 def save_stage(state: RunState, trained: Trained) -> None:
     """Save ``adapter/``, record training and costs, check that the adapter changes the logits (main process)."""
     record, model, tokenizer = state.record, trained.model, trained.tokenizer
-    adapters.save_adapter(model, record.dir / "adapter", base_info=trained.base_info)
-    shutil.rmtree(record.dir / "checkpoints", ignore_errors=True)  # the saved adapter supersedes them
     # Expert load averaged over every training forward (not just the last batch).
     record.update(training={**trained.result.to_dict(), "expert_load": adapters.expert_load(model, cumulative=True)})
+    adapters.save_adapter(
+        model, record.dir / "adapter", base_info=trained.base_info, base_model=state.cfg.model, run=record.data
+    )
+    shutil.rmtree(record.dir / "checkpoints", ignore_errors=True)  # the saved adapter supersedes them
     check_adapter_applied(trained.base_logits, model, tokenizer)
     record.update(costs=_costs(trained.result, model, tokenizer))
     state.adapter_dir, state.model, state.tokenizer = record.dir / "adapter", model, tokenizer
@@ -292,6 +299,8 @@ def evaluate_stage(state: RunState, session: EvalSession) -> None:
         "lm_eval": {k: lm.get(k) for k in ("results", "versions", "n-samples", "higher_is_better", "configs")},
         **session.describe(target),
     }
+    if record.enabled and state.adapter_dir == record.dir / "adapter":  # an adapter this run trained: card + scores
+        modelcard.write_model_card(state.adapter_dir, run=record.data)
 
 
 def _evaluate_alone(state: RunState, backend: EvalBackend) -> None:
@@ -397,12 +406,12 @@ def sweep(cfg: RunConfig, adapter_names: list[str], *, baseline: bool = True) ->
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # recorded in run.json by the stage's guard (or below); the sweep goes on
-            outcomes[name] = _record_failure(one, exc)
+            outcomes[name] = record_failure(one, exc)
     if not cfg.is_main_process():  # other ranks only help training
         return [outcomes.get(n) or _outcome(n, {**pending[n].record.data, "status": "success"}) for n in names]
     groups, unservable = backends.group_targets(backend, {n: s.target for n, s in pending.items()})
     for name, exc in unservable.items():
-        outcomes[name] = _record_failure(pending[name].cfg, exc)
+        outcomes[name] = record_failure(pending[name].cfg, exc)
     for members in groups:
         log.info("sweep: one evaluation session for %s", ", ".join(members))
         outcomes.update(_evaluate_group(backend, cfg, {n: pending[n] for n in members}))
@@ -417,7 +426,7 @@ def _evaluate_group(backend: EvalBackend, cfg: RunConfig, states: dict[str, RunS
     except KeyboardInterrupt:
         raise
     except Exception as exc:
-        return {name: _record_failure(s.cfg, exc) for name, s in states.items()}
+        return {name: record_failure(s.cfg, exc) for name, s in states.items()}
     with session:
         for name, state in states.items():
 
@@ -431,7 +440,7 @@ def _evaluate_group(backend: EvalBackend, cfg: RunConfig, states: dict[str, RunS
             except KeyboardInterrupt:
                 raise
             except Exception as exc:  # recorded in run.json by the guard
-                outcomes[name] = _record_failure(state.cfg, exc)
+                outcomes[name] = record_failure(state.cfg, exc)
     return outcomes
 
 
@@ -439,8 +448,11 @@ def _outcome(name: str, record: dict[str, Any]) -> dict[str, Any]:
     return {"adapter": name, "run_id": record["run_id"], "status": record["status"]}
 
 
-def _record_failure(one: RunConfig, exc: Exception) -> dict[str, Any]:
-    """Mark ``one``'s run failed, unless its own guard already did, and return the sweep outcome."""
+def record_failure(one: RunConfig, exc: BaseException) -> dict[str, Any]:
+    """Mark ``one``'s run failed, unless its own guard already did, and return the sweep outcome.
+
+    Public for the cluster launchers: a run whose worker died on every attempt is recorded here.
+    """
     log.error("sweep: %s failed: %s", one.adapter, exc)
     run_id = one.run_id()
     run_file = Path(one.output) / run_id / "run.json"

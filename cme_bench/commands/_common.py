@@ -1,4 +1,4 @@
-"""Helpers shared by the run/train/eval/sweep verbs: the outcome line and the leaderboard refresh."""
+"""Helpers shared by the run/train/eval/sweep verbs: run files, trackers, the outcome line, the leaderboard."""
 
 from __future__ import annotations
 
@@ -8,6 +8,27 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+
+def add_file_and_tracker_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--config FILE.yaml`` (a run file) and ``--log-to`` (experiment trackers)."""
+    from cme_bench import runfile
+
+    runfile.add_config_argument(parser)
+    parser.add_argument(
+        "--log-to",
+        default="",
+        metavar="TRACKERS",
+        help="experiment trackers, comma-separated: tensorboard,wandb,mlflow,trackio (optional packages; "
+        "pip install 'cme-bench[trackers]')",
+    )
+
+
+def trackers_of(args: argparse.Namespace):
+    """The context that logs every run of this command to ``--log-to`` (checked before any work)."""
+    from cme_bench import trackers
+
+    return trackers.use(trackers.parse_names(args.log_to))
 
 
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,14 +42,10 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def print_outcome(record: dict[str, Any]) -> None:
-    metrics = record.get("metrics") or {}
-    line = f"{record['run_id']}: {record['status']}"
-    if metrics:
-        mean = sum(m["value"] for m in metrics.values()) / len(metrics)
-        line += f", mean over {len(metrics)} tasks = {mean:.4f}"
-    if record.get("error"):
-        line += f" ({record['error']['type']}: {record['error']['message']})"
-    print(line)
+    """One line per run, on the leaderboard's scale (%) and with its names (see report.summary.outcome_line)."""
+    from cme_bench.report.summary import outcome_line
+
+    print(outcome_line(record))
 
 
 def refresh_report(args: argparse.Namespace) -> None:

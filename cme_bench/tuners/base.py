@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cme_bench.errors import CmeError, ConfigError
+from cme_bench.tuners.tokens import real_tokens
 
 FFN_TARGETS = ["gate_proj", "up_proj", "down_proj"]
 FORWARD_MODES = ("reference", "fused")
@@ -134,6 +135,7 @@ class MethodSpec:
         rank: ``params -> per-expert rank`` (LoRA: r); the profile's rank column.
         resize: ``(params, experts, rank) -> overrides`` giving that size (the profile's equal-parameter plans).
         layouts: checkpoint layouts of the authors' releases that load as this method.
+        paper: ``(title, arXiv id)`` of the method's paper, cited by the adapter's model card.
     """
 
     name: str
@@ -157,6 +159,7 @@ class MethodSpec:
     rank: Callable[[Params], int | None] = _rank_r
     resize: Callable[[Params, int | None, int], dict[str, Any]] = _resize_r
     layouts: tuple[ForeignLayout, ...] = ()
+    paper: tuple[str, str] | None = None
 
     def validate(self, params: dict[str, Any], where: str = "adapter preset") -> dict[str, Any]:
         """Defaults overlaid with ``params``; every problem (unknown key, bad value) is reported at once."""
@@ -373,7 +376,7 @@ class AdapterLayerMixin:
 
     def record_load(self, weights: torch.Tensor) -> None:
         """Record routing weights ``[..., E]`` (already normalised so each token's weights sum to 1)."""
-        mean = weights.detach().reshape(-1, weights.shape[-1]).float().mean(0)
+        mean = real_tokens(weights.detach()).float().mean(0)  # padding is no load
         self.last_load = mean
         self.load_sum = mean if self.load_sum is None else self.load_sum + mean
         self.load_count += 1

@@ -25,6 +25,7 @@ FORMAT = "cme-bench-adapter"
 FORMAT_VERSION = 1
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
+SIDECAR_NAME = "cme_bench.json"  # cme-bench's fields beside a PEFT adapter_config.json
 BASE_FIELDS = ("architecture", "model_type", "hidden_size", "num_layers", "vocab_size")
 
 
@@ -118,7 +119,9 @@ def read_adapter(adapter_dir: str | Path) -> AdapterFile:
             list(config["target_modules"]), config.get("base_model"), config, weights,
         )  # fmt: skip
     if layout == "peft":
-        cme = config.get("cme_bench") or {}
+        # cme-bench's fields: the sidecar file, or (folders saved before it existed) the "cme_bench" key of the config.
+        sidecar = folder / SIDECAR_NAME
+        cme = json.loads(sidecar.read_text()) if sidecar.is_file() else config.get("cme_bench") or {}
         targets = cme.get("target_modules") or targets_from_peft(config.get("target_modules"))
         method = cme.get("method") or peft_method(config)
         return AdapterFile(

@@ -165,6 +165,7 @@ def _check(p: dict[str, Any]) -> list[str]:
 
 METHOD = routed_method(
     name="comol",
+    paper=("CoMoL", "2603.00573"),  # arXiv 2603.00573 (Cao, Fan et al.); the code calls it MoCoreLoRA
     description="CoMoL: shared LoRA A/B, E r x r core matrices soft-merged per token by a core-space router (routed)",
     defaults=method_defaults(
         {"r": 16, "num_experts": 8},

@@ -102,6 +102,7 @@ class HydraLoraLayer(nn.Module, AdapterLayerMixin):
 
 METHOD = routed_method(
     name="hydralora",
+    paper=("HydraLoRA: An Asymmetric LoRA Architecture for Efficient Fine-Tuning", "2404.19245"),
     description="HydraLoRA: shared A, several routed B heads (routed)",
     defaults=method_defaults({"r": 32, "num_experts": 4}, forward="reference"),
     build_layer=HydraLoraLayer,

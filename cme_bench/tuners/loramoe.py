@@ -40,6 +40,7 @@ def _check(p: dict[str, Any]) -> list[str]:
 
 METHOD = routed_method(
     name="loramoe",
+    paper=("LoRAMoE: Alleviate World Knowledge Forgetting in LLMs via MoE-Style Plugin", "2312.09979"),
     description="LoRAMoE: dense token-routed LoRA experts with the localized balancing loss (off by default) (routed)",
     defaults=method_defaults({"r": 4, "num_experts": 8}, forward="reference", blc_weight=0.0, blc_alpha=0.0),
     build_layer=functools.partial(MoeLoraLayer, method="loramoe", with_aux=True),

@@ -41,6 +41,7 @@ from cme_bench.tuners.base import (
     softmax_route,
     top_k_renormalised,
 )
+from cme_bench.tuners.tokens import real_mask
 
 PROJECTIONS = ("gate", "up", "down")
 
@@ -160,7 +161,13 @@ def block_forward(
 
 
 def switch_balance_loss(probs: torch.Tensor, top_i: torch.Tensor, num_experts: int) -> torch.Tensor:
-    """``E * sum_e f_e * P_e``: f_e = (tokens with e in their top-k) / tokens, P_e = mean router probability."""
+    """``E * sum_e f_e * P_e``: f_e = (tokens with e in their top-k) / tokens, P_e = mean router probability.
+
+    Over real tokens only: padding positions of the training forward are left out (``tuners.tokens``).
+    """
+    keep = real_mask(probs)
+    if keep is not None:
+        probs, top_i = probs[keep], top_i.reshape(keep.numel(), -1)[keep]
     counts = torch.zeros(num_experts, device=probs.device).index_add(
         0, top_i.reshape(-1), torch.ones(top_i.numel(), device=probs.device)
     )
@@ -174,6 +181,7 @@ def _check(p: dict[str, Any]) -> list[str]:
 
 METHOD = routed_method(
     name="mixlora",
+    paper=("MixLoRA: Enhancing LLMs Fine-Tuning with LoRA-based Mixture of Experts", "2404.15159"),
     description="MixLoRA: top-k sparse FFN experts (frozen FFN + per-expert LoRA) with load-balance loss (routed)",
     defaults={
         "r": 16,

@@ -110,6 +110,7 @@ def _check(p: dict[str, Any]) -> list[str]:
 
 METHOD = routed_method(
     name="mola",
+    paper=("Higher Layers Need More LoRA Experts", "2402.08562"),
     description="MoLA: top-2 MoE-LoRA, layer-wise expert counts (released 2-4-6-8 over four layer groups) (routed)",
     defaults=method_defaults(
         {"r": 8, "expert_allocation": list(RELEASED_ALLOCATION), "top_k": 2}, alpha=16, forward="reference"

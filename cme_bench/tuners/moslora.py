@@ -59,6 +59,7 @@ def to_lora(leaves: Tensors, p: Params) -> tuple[torch.Tensor, torch.Tensor, int
 
 METHOD = MethodSpec(
     name="moslora",
+    paper=("Mixture-of-Subspaces in Low-Rank Adaptation", "2406.11909"),
     description="MoSLoRA: LoRA with a learnable r x r subspace mixer (mergeable)",
     defaults=method_defaults({"r": 32}),
     routed=False,

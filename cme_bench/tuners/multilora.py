@@ -70,6 +70,7 @@ def to_lora(leaves: Tensors, p: Params) -> tuple[torch.Tensor, torch.Tensor, int
 
 METHOD = MethodSpec(
     name="multilora",
+    paper=("MultiLoRA: Democratizing LoRA for Better Multi-Task Learning", "2311.11501"),
     description="MultiLoRA: n parallel LoRAs with learnable per-channel scales (mergeable)",
     defaults=method_defaults({"r": 32, "num_adapters": 3}),
     routed=False,

@@ -90,9 +90,19 @@ def _adalora_budget(p: Params) -> dict[str, Any]:
 
 # LoRA and DoRA share PEFT's LoraConfig and its hyperparameters; DoRA only sets use_dora.
 # vLLM serves LoRA by request; it rejects DoRA and does not know AdaLoRA, so those two are served merged.
-LORA = _peft_spec("lora", "LoRA through PEFT (mergeable; vLLM-servable)", {"r": 32, "use_rslora": False}, "lora")
+LORA = _peft_spec(
+    "lora",
+    "LoRA through PEFT (mergeable; vLLM-servable)",
+    {"r": 32, "use_rslora": False},
+    "lora",
+    paper=("LoRA: Low-Rank Adaptation of Large Language Models", "2106.09685"),
+)
 DORA = _peft_spec(
-    "dora", "DoRA through PEFT (use_dora; mergeable into full weights)", {"r": 32, "use_rslora": False}, "merged"
+    "dora",
+    "DoRA through PEFT (use_dora; mergeable into full weights)",
+    {"r": 32, "use_rslora": False},
+    "merged",
+    paper=("DoRA: Weight-Decomposed Low-Rank Adaptation", "2402.09353"),
 )
 
 ADALORA = _peft_spec(
@@ -112,4 +122,5 @@ ADALORA = _peft_spec(
     check=_check_adalora,
     step_hook=_adalora_step,
     info=_adalora_budget,
+    paper=("AdaLoRA: Adaptive Budget Allocation for Parameter-Efficient Fine-Tuning", "2303.10512"),
 )

@@ -100,6 +100,7 @@ def _check(p: dict[str, Any]) -> list[str]:
 
 METHOD = MethodSpec(
     name="smora",
+    paper=("Each Rank Could be an Expert: Single-Ranked Mixture of Experts LoRA", "2501.15103"),
     description="SMoRA: each LoRA rank is an expert, sigmoid top-k ranks with bias balancing (routed)",
     defaults={
         "r": 64,

@@ -50,6 +50,7 @@ from cme_bench.tuners.base import (
     per_expert,
     routed_method,
 )
+from cme_bench.tuners.tokens import real_tokens
 
 # ----------------------------------------------------------------------------------------------------------------
 # The math, as functions of tensors: the layer below and the vLLM model (``LinearServing``) both call these.
@@ -105,8 +106,12 @@ def delta_reference(
 
 
 def balance_loss(w: torch.Tensor, k: int) -> torch.Tensor:
-    """``(1/k) sum_i (m_i - 1/k)^2`` on the k-scaled weights, over every batch x seq position, as released."""
-    m = w.reshape(-1, k).mean(dim=0)
+    """``(1/k) sum_i (m_i - 1/k)^2`` on the k-scaled weights, averaged over the real tokens of the batch.
+
+    The release averages over every batch x seq position, padding included; padding is masked here (the same value
+    on an unpadded or packed batch), a labelled deviation.
+    """
+    m = real_tokens(w).reshape(-1, k).mean(dim=0)
     return ((m - 1.0 / k) ** 2).mean()
 
 
@@ -246,6 +251,7 @@ def _check(p: dict[str, Any]) -> list[str]:
 
 METHOD = routed_method(
     name="teamlora",
+    paper=("TeamLoRA: Boosting Low-Rank Adaptation with Expert Collaboration and Competition", "2408.09856"),
     description="TeamLoRA: shared A (r_a), k sliced B experts, Shapley router + interaction matrix (routed)",
     defaults=method_defaults(
         {"r_a": 128, "num_experts": 4}, balance_loss_weight=0.0, forward="fused", normalizer_eps=None
