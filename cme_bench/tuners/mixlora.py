@@ -9,7 +9,7 @@ f_e the fraction of tokens whose top-k contains e and P_e the mean router probab
 Implementation notes:
 - Targets are FFN blocks exposing ``gate_proj``, ``up_proj``, ``down_proj`` and ``act_fn`` (Llama, Qwen2, Mistral).
 - The frozen down_proj is applied once to the gate-weighted sum of expert activations (exact by linearity) instead
-  of once per selected expert as the release does (docs/baselines.md §8 pitfall).
+  of once per selected expert as the release does.
 - Deviations: only the FFN experts are built (the template also puts one plain LoRA on q, k, v, o; combine with a
   separate run if needed); padding is not masked out of the balance loss (the MLP never sees the attention mask);
   router jitter is not implemented (its default is 0).

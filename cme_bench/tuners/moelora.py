@@ -1,4 +1,4 @@
-"""MoELoRA, variant 5c of docs/baselines.md: a dense, token-routed mixture of independent LoRA experts.
+"""MoELoRA (the token-level variant, docs/METHODS.md): a dense, token-routed mixture of independent LoRA experts.
 
 ``h = W0 x + sum_i softmax(W_r x)_i * s * B_i A_i drop_i(x)`` with rank r per expert, s = alpha / r, router
 ``Linear(d_in -> E)`` without bias computed in fp32, A_i and the router Kaiming-uniform (a = sqrt 5), B_i = 0. This is
