@@ -86,13 +86,16 @@ class ForeignLayout:
 
     ``detect(config)`` recognises its ``adapter_config.json``; ``params(config)`` translates it to this method's
     hyperparameters (``target_modules`` included); ``state(tensors, params)`` renames its tensors to ours (strict:
-    unknown keys raise).
+    unknown keys raise). ``export(tensors, fields)``, where the layout can be written back, is the inverse: our
+    tensors and saved fields (``method``, ``params``, ``target_modules``, ...) to ``(tensors, adapter_config)`` in
+    the authors' layout.
     """
 
     name: str
     detect: Callable[[Params], bool]
     params: Callable[[Params], dict[str, Any]]
     state: Callable[[Tensors, Params], dict[str, torch.Tensor]]
+    export: Callable[[Tensors, Params], tuple[dict[str, torch.Tensor], dict[str, Any]]] | None = None
 
 
 def _no_experts(params: Params) -> int | None:

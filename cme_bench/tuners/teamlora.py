@@ -226,11 +226,59 @@ def _authors_params(config: Params) -> dict[str, Any]:
     }
 
 
+AUTHORS_PREFIX = "base_model.model."
+
+
+def export_authors(state: Tensors, fields: Params) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The exact inverse of ``import_authors_state`` + ``_authors_params``: ``B_cat`` split back into its k column
+    blocks, keys prefixed ``base_model.model.``, and the release's PEFT-0.3-style config (``r`` = r_A,
+    ``lora_nums`` = k). The normaliser clamp is a cme-bench deviation the release cannot express: refused."""
+    params = fields["params"]
+    if params.get("normalizer_eps") is not None:
+        raise CmeError("normalizer_eps is a cme-bench deviation the authors' layout cannot express; not exported")
+    k, r_a = int(params["num_experts"]), int(params["r_a"])
+    tensors: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        module, _, leaf = key.partition(".lora_")
+        prefix = AUTHORS_PREFIX + module
+        if leaf == "A.weight":
+            tensors[f"{prefix}.lora_A.weight"] = value
+        elif leaf == "B.weight":  # B_cat = [B_0 | ... | B_{k-1}], columns in slice order
+            for i, block in enumerate(torch.split(value, r_a // k, dim=1)):
+                tensors[f"{prefix}.lora_B{i}.weight"] = block.contiguous()
+        elif leaf == "route.weight":
+            tensors[f"{prefix}.lora_route.fc.weight"] = value
+        elif leaf == "interaction_matrix":
+            tensors[f"{prefix}.lora_interaction_matrix.weight"] = value
+        else:
+            raise CmeError(f"unexpected TeamLoRA tensor {key!r}")
+    config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": fields.get("base_model_name_or_path"),
+        "r": r_a,  # the total rank r_A, as in the release; r_B = r / lora_nums
+        "lora_nums": k,
+        "lora_alpha": params["alpha"],
+        "lora_dropout": params["dropout"],
+        # The release's balance-loss fields (inherited from LoRAMoE); its code applies no weight.
+        "blc_alpha": 0.0,
+        "blc_weight": params.get("balance_loss_weight", 0.0),
+        "target_modules": list(fields["target_modules"]),  # exact module paths: matched by suffix, as in PEFT
+        "merge_weights": False,
+        "fan_in_fan_out": False,
+        "bias": "none",
+        "modules_to_save": None,
+        "inference_mode": True,
+    }
+    return tensors, config
+
+
 AUTHORS_LAYOUT = ForeignLayout(
     name="teamlora-authors",
     detect=lambda config: "peft_type" in config and bool(config.get("lora_nums")),
     params=_authors_params,
     state=lambda tensors, params: import_authors_state(dict(tensors), int(params["num_experts"])),
+    export=export_authors,
 )
 
 
