@@ -21,9 +21,9 @@ import torch
 
 from cme_bench.errors import CmeError
 from cme_bench.results import write_dir_atomic
+from cme_bench.tuners.checkpoint import CONFIG_NAME as CONFIG
+from cme_bench.tuners.checkpoint import WEIGHTS_NAME as WEIGHTS
 
-WEIGHTS = "adapter_model.safetensors"
-CONFIG = "adapter_config.json"
 AUTHORS_PREFIX = "base_model.model."
 LAYOUTS = ("authors",)
 

@@ -20,7 +20,6 @@ from typing import Any
 
 from cme_bench.errors import CmeError
 from cme_bench.vllm_backend.check import require_vllm
-from cme_bench.vllm_backend.routed import BLOCK_METHODS
 from cme_bench.vllm_backend.serving import ServingPlan, lora_rank_limit
 
 log = logging.getLogger(__name__)
@@ -52,8 +51,8 @@ class Engine:
         dtype: default: the HF backend's (``models.default_dtype``): fp32 on CPU, bf16 on a CUDA device that supports
             it. Not vLLM's ``"auto"``, which downcasts fp32 checkpoints: parity with HF needs the same dtype.
         enforce_eager: skip torch.compile and CUDA graphs. Default: eager on CPU (start-up is much shorter and LoRA
-            disables compilation there anyway) and for MixLoRA (its expert loop has data-dependent shapes); compiled
-            with CUDA graphs on a GPU otherwise.
+            disables compilation there anyway) and for plans with data-dependent shapes (``ServingPlan.eager``);
+            compiled with CUDA graphs on a GPU otherwise.
         llm_kwargs: passed to ``vllm.LLM`` unchanged.
     """
 
@@ -82,7 +81,7 @@ class Engine:
         if enforce_eager is None:
             from cme_bench.vllm_backend._env import cuda_available
 
-            enforce_eager = not cuda_available() or any(p.method in BLOCK_METHODS for p in plans)
+            enforce_eager = not cuda_available() or any(p.eager for p in plans)
         self.model_dir = first.model_dir
         if dtype is None:
             from cme_bench.vllm_backend._env import cuda_available
