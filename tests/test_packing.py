@@ -96,7 +96,7 @@ def test_packed_layout_restarts_positions_and_masks_each_first_label(examples, t
     assert int((batch["segments"] >= 0).sum()) == sum(len(e["input_ids"]) for e in examples)
 
 
-@pytest.mark.parametrize("method", ["lora", "teamlora", "mixlora", "loramoe"])
+@pytest.mark.parametrize("method", ["lora", "teamlora", "mixlora", "loramoe", "comol", "mola"])
 def test_packed_step_equals_padded_step(method: str, examples, tiny_llama):
     model = _adapted(tiny_llama, method)
     pad = tiny_llama[1].pad_token_id
