@@ -1,9 +1,9 @@
-"""MoELoRA (the token-level variant, docs/METHODS.md): a dense, token-routed mixture of independent LoRA experts.
+"""MoELoRA, the token-routed variant (docs/METHODS.md, "MoELoRA"): a dense mixture of independent LoRA experts.
 
 ``h = W0 x + sum_i softmax(W_r x)_i * s * B_i A_i drop_i(x)`` with rank r per expert, s = alpha / r, router
 ``Linear(d_in -> E)`` without bias computed in fp32, A_i and the router Kaiming-uniform (a = sqrt 5), B_i = 0. This is
-the symmetric MoELoRA TeamLoRA compares against (independent A_i and B_i); the task-gated MOELoRA (5a) is a different
-method and is not implemented.
+the symmetric MoELoRA TeamLoRA compares against (independent A_i and B_i); the task-gated MOELoRA (arXiv 2310.18339)
+is a different method and is not implemented.
 
 The same layer serves ``loramoe`` (``cme_bench.tuners.loramoe``), which adds its localized balancing loss.
 
@@ -117,8 +117,8 @@ class MoeLoraLayer(nn.Module, AdapterLayerMixin):
         self.aux_weight = float(params.get("blc_weight", 0.0))
         self.blc_alpha = float(params.get("blc_alpha", 0.0))
         self.task_types: torch.Tensor | None = None  # LoRAMoE only; set by adapters.set_task_types
-        # Scaling alpha / r per expert (5c), not alpha / r_total (5a). The one dropout module draws a fresh mask on
-        # every call, so the loop gets one mask per expert.
+        # Scaling alpha / r per expert (token-routed), not alpha / r_total (task-gated). The one dropout module draws
+        # a fresh mask on every call, so the loop gets one mask per expert.
         self.init_adapter(base, params, self.r)
         e, r = self.num_experts, self.r
         self.lora_A = new_linears(e, base.in_features, r, base, "kaiming")
@@ -176,10 +176,10 @@ def localized_balance_loss(w: torch.Tensor, task_types: torch.Tensor | None, del
 METHOD = routed_method(
     name="moelora",
     paper=("MoELoRA: Contrastive Learning Guided Mixture of Experts on PEFT for LLMs", "2402.12851"),
-    description="MoELoRA (dense token-routed mixture of independent LoRA experts, variant 5c) (routed)",
+    description="MoELoRA (dense token-routed mixture of independent LoRA experts) (routed)",
     defaults=method_defaults({"r": 32, "num_experts": 4}, forward="reference"),
     build_layer=MoeLoraLayer,
     vllm=LinearServing(pack=pack, mix=mix),
     deviations=fused_dropout_deviation("moelora"),
-    notes=["variant 5c (token-level dense), scaling alpha / r per expert"],
+    notes=["token-routed dense variant, scaling alpha / r per expert"],
 )

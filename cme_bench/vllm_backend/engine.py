@@ -5,9 +5,10 @@ call uses. ``Engine.lm`` is lm-eval's own ``vllm`` model class (same task config
 as ``--model vllm``), given our already-built engine and LoRA request (``CmeVLLM``); evaluation itself is the shared
 per-task loop (``cme_bench.evaluate.run_tasks``) through the backend seam (``backend.py``).
 
-Process rules (ecosystem.md (b)): a script that builds an engine keeps an ``if __name__ == "__main__":`` guard: with
-vLLM's multi-process layout (``VLLM_ENABLE_V1_MULTIPROCESSING=1``; on a GPU) the CPU platform starts processes with
-``spawn``, which re-imports the main module. On CPU engines run in-process by default (``_env.py``), one at a time.
+Process rules (docs/VLLM.md, "The vLLM environment on CPU"): a script that builds an engine keeps an
+``if __name__ == "__main__":`` guard: with vLLM's multi-process layout (``VLLM_ENABLE_V1_MULTIPROCESSING=1``; on a
+GPU) the CPU platform starts processes with ``spawn``, which re-imports the main module. On CPU engines run
+in-process by default (``_env.py``), one at a time.
 """
 
 from __future__ import annotations
