@@ -4,7 +4,9 @@ like ``tests/vllm/vllm_helpers.py``, because pytest puts this folder on ``sys.pa
 from __future__ import annotations
 
 import copy
+import json
 import socket
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -36,3 +38,17 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def assert_scores_match_lm_eval(ours: dict, out: Path, lm_out: Path, tasks: list[str]) -> None:
+    """Plain ``lm_eval``'s results and per-sample predictions under ``lm_out`` equal our run record's (``ours``,
+    written under ``out``), task by task: the same metric value and the same prediction for every document."""
+    theirs = json.loads(next(lm_out.rglob("results_*.json")).read_text())
+    for task in tasks:
+        metric = ours["metrics"][task]["metric"]
+        key = next(k for k in theirs["results"][task] if k.startswith(metric + ",") and "stderr" not in k)
+        assert ours["metrics"][task]["value"] == theirs["results"][task][key]
+        their_rows = [json.loads(line) for line in next(lm_out.rglob(f"samples_{task}_*.jsonl")).open()]
+        their_preds = {r["doc_id"]: r["filtered_resps"][0] for r in their_rows if r["filter"] == key.split(",")[1]}
+        our_rows = [json.loads(line) for line in (out / ours["run_id"] / ours["samples"][task]).open()]
+        assert {r["doc_id"]: r["prediction"] for r in our_rows} == their_preds and their_preds

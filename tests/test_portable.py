@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _helpers import assert_scores_match_lm_eval
 from safetensors.torch import load_file
 
 import cme_bench
@@ -147,15 +148,7 @@ def test_plain_lm_eval_scores_a_teamlora_adapter_like_cme_bench_eval(tmp_path: P
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    theirs = json.loads(next(lm_out.rglob("results_*.json")).read_text())
-    for task in TASKS.split(","):
-        metric = ours["metrics"][task]["metric"]
-        key = next(k for k in theirs["results"][task] if k.startswith(metric + ",") and "stderr" not in k)
-        assert ours["metrics"][task]["value"] == theirs["results"][task][key]
-        their_rows = [json.loads(line) for line in next(lm_out.rglob(f"samples_{task}_*.jsonl")).open()]
-        their_preds = {r["doc_id"]: r["filtered_resps"][0] for r in their_rows if r["filter"] == key.split(",")[1]}
-        our_rows = [json.loads(line) for line in (out / ours["run_id"] / ours["samples"][task]).open()]
-        assert {r["doc_id"]: r["prediction"] for r in our_rows} == their_preds and len(their_preds) == 4
+    assert_scores_match_lm_eval(ours, out, lm_out, TASKS.split(","))
 
 
 # ---------------------------------------------------------------------------------------------------------------

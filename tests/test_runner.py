@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _helpers import free_port
+from _helpers import assert_scores_match_lm_eval, free_port
 from safetensors.torch import load_file
 
 from cme_bench import results
@@ -198,15 +198,7 @@ def test_saved_lora_scores_match_plain_lm_eval(tmp_path: Path, monkeypatch):
          "--output_path", str(lm_out)],
         check=True, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
-    theirs = json.loads(next(lm_out.rglob("results_*.json")).read_text())
-    for task in TASKS.split(","):
-        metric = ours["metrics"][task]["metric"]
-        key = next(k for k in theirs["results"][task] if k.startswith(metric + ",") and "stderr" not in k)
-        assert ours["metrics"][task]["value"] == theirs["results"][task][key]
-        their_rows = [json.loads(line) for line in next(lm_out.rglob(f"samples_{task}_*.jsonl")).open()]
-        their_preds = {r["doc_id"]: r["filtered_resps"][0] for r in their_rows if r["filter"] == key.split(",")[1]}
-        our_rows = [json.loads(line) for line in (out / ours["run_id"] / ours["samples"][task]).open()]
-        assert {r["doc_id"]: r["prediction"] for r in our_rows} == their_preds
+    assert_scores_match_lm_eval(ours, out, lm_out, TASKS.split(","))
 
 
 def test_eval_refuses_a_folder_that_is_not_an_adapter(tmp_path: Path, capsys):
