@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from cme_bench import adapters, results, taskreg
+from cme_bench import adapters, identity, provenance, results, reuse, taskreg
 from cme_bench.config import NO_ADAPTER, RunConfig
 from cme_bench.errors import CmeError
 from cme_bench.evaluate import EvalOutput, TaskResult, check_adapter_applied, evaluate, probe_logits
@@ -62,11 +62,17 @@ class RunRecord:
         results.kill_point(KILL_AFTER_TASK_ENV, len(self.data["metrics"]))
 
 
-def _open_record(cfg: RunConfig, run_id: str, name: str) -> RunRecord:
+def _open_record(
+    cfg: RunConfig, run_id: str, name: str, ident: identity.Identity, tasks: list[str], existing: dict | None = None
+) -> RunRecord:
+    """The run's record, marked running: ``existing`` (a finished record new tasks are merged into), the record on
+    disk when resuming, or a fresh one. It carries the identity and the metadata of its tasks from the start."""
     run_dir = Path(cfg.output) / run_id
-    existing = results.read_run(run_dir) if cfg.resume else None
+    existing = existing or (results.read_run(run_dir) if cfg.resume else None)
     data = existing or results.new_record(run_id, name, cfg.to_dict())
-    data.update(status="running", error=None, config=cfg.to_dict())
+    meta = {**(data.get("tasks_meta") or {}), **reuse.tasks_meta(tasks, [Path(p) for p in cfg.include_path])}
+    data.update(status="running", error=None, config=cfg.to_dict(), identity=ident.to_dict(), tasks_meta=meta)
+    data["schema_version"] = results.SCHEMA_VERSION
     record = RunRecord(run_dir, data, enabled=cfg.is_main_process())
     record.save()
     return record
@@ -85,14 +91,6 @@ def _check_backend(cfg: RunConfig) -> None:
         vllm_backend.require_vllm()
 
 
-def _finished(cfg: RunConfig, run_id: str) -> dict[str, Any] | None:
-    """The record of an already successful run, unless --force asks to redo it."""
-    if cfg.force or not results.is_completed(Path(cfg.output) / run_id):
-        return None
-    log.info("%s already finished (use --force to rerun)", run_id)
-    return results.read_run(Path(cfg.output) / run_id)
-
-
 def _load_base(cfg: RunConfig, record: RunRecord) -> tuple[LoadedModel, dict[str, Any]]:
     """Load the base model (seeded) and describe it in the record."""
     _seed_everything(cfg.seed)
@@ -109,9 +107,8 @@ def _adapter_summary(model: torch.nn.Module, **extra: Any) -> dict[str, Any]:
 
 
 def _tasks(cfg: RunConfig) -> list[str]:
-    if cfg.tasks:
-        return list(cfg.tasks)
-    return taskreg.suite_tasks(cfg.suite, [Path(p) for p in cfg.include_path])
+    """The leaf tasks of ``--tasks`` (any registered task or group) or of the suite; unknown names fail here."""
+    return taskreg.resolve_tasks(cfg.tasks or None, cfg.suite, [Path(p) for p in cfg.include_path])
 
 
 def _training_records(cfg: RunConfig, tasks: list[str]) -> list[dict[str, str]]:
@@ -247,14 +244,12 @@ def run(cfg: RunConfig, *, do_eval: bool = True, evaluate_later: bool = False, v
         return evaluate_base_or_adapter(cfg, adapter_path=None, vllm_engine=vllm_engine)
     if do_eval:
         _check_backend(cfg)
-    run_id = cfg.run_id(None if do_eval else "train")
-    if (done := _finished(cfg, run_id)) is not None:
+    preset, tasks, ident, run_id = _plan(cfg, do_eval)
+    if (done := reuse.finished(cfg.force, Path(cfg.output) / run_id, ident)) is not None:
         return done
-    preset = adapters.load_preset(cfg.adapter)
-    record = _open_record(cfg, run_id, cfg.name or preset.name)
+    record = _open_record(cfg, run_id, cfg.name or preset.name, ident, tasks)
 
     def body() -> None:
-        tasks = _tasks(cfg)
         adapter_dir = record.dir / "adapter"
         if cfg.resume and record.data.get("training") and (adapter_dir / "adapter_config.json").is_file():
             log.info("%s: adapter already trained (%s); not training again", run_id, adapter_dir)
@@ -272,6 +267,14 @@ def run(cfg: RunConfig, *, do_eval: bool = True, evaluate_later: bool = False, v
             _evaluate(cfg, record, model, tokenizer, tasks, adapter_dir, vllm_engine)
 
     return _guarded(record, body, finish=not evaluate_later)
+
+
+def _plan(cfg: RunConfig, do_eval: bool = True) -> tuple[Any, list[str], identity.Identity, str]:
+    """Preset, tasks, identity and run id of a training run: every name is checked before any work starts."""
+    preset = adapters.load_preset(cfg.adapter)
+    tasks = _tasks(cfg)
+    ident = identity.compute(cfg, tasks, preset=preset, train_config=_train_config(cfg), evaluate=do_eval)
+    return preset, tasks, ident, cfg.run_id(None if do_eval else "train", ident.digest)
 
 
 def _train(cfg: RunConfig, record: RunRecord, preset, tasks: list[str]):
@@ -295,7 +298,29 @@ def _train(cfg: RunConfig, record: RunRecord, preset, tasks: list[str]):
     record.update(training={**result.to_dict(), "expert_load": adapters.expert_load(model, cumulative=True)})
     check_adapter_applied(base_logits, model, loaded.tokenizer)
     record.update(costs=_costs(result, model, loaded.tokenizer))
+    provenance.write(record.dir / "adapter", record.data, train_records)  # travels with the adapter folder
     return model, loaded.tokenizer
+
+
+def _eval_plan(cfg: RunConfig, adapter_path: Path | None) -> tuple[list[str], Any, identity.Identity, str]:
+    """Tasks, adapter provenance, identity and run id of an evaluation-only run (checked before any work).
+
+    The run id carries the identity without the task list (``row_key``): evaluations of other tasks with otherwise
+    identical settings merge into the same record. Its seed is the identity's (a saved adapter's training seed).
+    """
+    tasks = _tasks(cfg)
+    trained = provenance.read(adapter_path) if adapter_path is not None else None
+    ident = identity.compute(cfg, tasks, adapter_dir=adapter_path, provenance=trained)
+    stage = None if adapter_path is None else "eval"
+    return tasks, trained, ident, replace(cfg, seed=ident.components["seed"]).run_id(stage, ident.row_key)
+
+
+def _planned_run_id(one: RunConfig) -> str:
+    """The run id ``one`` gets; the bare readable id when even planning fails (an unknown preset or task)."""
+    try:
+        return _eval_plan(one, None)[3] if one.adapter == NO_ADAPTER else _plan(one)[3]
+    except Exception:
+        return one.run_id()
 
 
 def _adapter_label(path: Path) -> str:
@@ -309,23 +334,35 @@ def evaluate_base_or_adapter(cfg: RunConfig, adapter_path: Path | None, *, vllm_
     _check_backend(cfg)
     label = NO_ADAPTER if adapter_path is None else _adapter_label(adapter_path)
     cfg = replace(cfg, adapter=label)
-    run_id = cfg.run_id(None if adapter_path is None else "eval")
-    if (done := _finished(cfg, run_id)) is not None:
-        return done
-    record = _open_record(cfg, run_id, cfg.name or ("base" if adapter_path is None else label))
+    tasks, trained, ident, run_id = _eval_plan(cfg, adapter_path)
+    plan = reuse.plan_evaluation(cfg.force, Path(cfg.output) / run_id, ident, tasks)
+    if plan.done:
+        plan.existing[reuse.REUSE_KEY] = {"run_id": run_id, "reused": plan.reused, "evaluated": []}
+        return plan.existing
+    if plan.reused:
+        log.info("%s: %d task(s) already evaluated with identical settings; evaluating %s", run_id,
+                 len(plan.reused), ", ".join(plan.todo))  # fmt: skip
+    previous = plan.existing
+    name = cfg.name or ("base" if adapter_path is None else label)
+    record = _open_record(cfg, run_id, name, reuse.merged_identity(ident, previous, plan.todo), tasks, previous)
 
     def body() -> None:
         loaded, _ = _load_base(cfg, record)
-        tasks = _tasks(cfg)
         model = loaded.model
         if adapter_path is not None:
             base_logits = probe_logits(model, loaded.tokenizer)
             model = adapters.load_adapter(model, adapter_path)
-            record.update(adapter=_adapter_summary(model, path=str(adapter_path)))
+            record.data["adapter"] = _adapter_summary(model, path=str(adapter_path))
+            provenance.apply(record.data, trained, adapter_path)
+            record.save()
             check_adapter_applied(base_logits, model, loaded.tokenizer)
-        _evaluate(cfg, record, model, loaded.tokenizer, tasks, adapter_path, vllm_engine)
+        earlier = (previous or {}).get("evaluation")
+        _evaluate(cfg, record, model, loaded.tokenizer, plan.todo, adapter_path, vllm_engine)
+        record.data["evaluation"] = reuse.merge_evaluation(earlier, record.data["evaluation"])
 
-    return _guarded(record, body)
+    data = _guarded(record, body)
+    data[reuse.REUSE_KEY] = {"run_id": run_id, "reused": plan.reused, "evaluated": plan.todo}
+    return data
 
 
 def sweep(cfg: RunConfig, adapter_names: list[str], *, baseline: bool = True) -> list[dict[str, Any]]:
@@ -350,17 +387,18 @@ def _sweep_step(cfg: RunConfig, name: str, step, **kwargs: Any) -> dict[str, Any
     one = replace(cfg, adapter=name, name=None)
     try:
         record = step(one, **kwargs)
-        return {"adapter": name, "run_id": record["run_id"], "status": record["status"]}
+        reused = bool((record.get(reuse.REUSE_KEY) or {}).get("reused"))
+        return {"adapter": name, "run_id": record["run_id"], "status": record["status"], "reused": reused}
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # recorded in run.json by run(); the sweep goes on
         return _record_failure(one, exc)
 
 
-def _record_failure(one: RunConfig, exc: Exception) -> dict[str, Any]:
+def _record_failure(one: RunConfig, exc: Exception, run_id: str | None = None) -> dict[str, Any]:
     """Mark ``one``'s run failed, unless its own guard already did, and return the sweep outcome."""
     log.error("sweep: %s failed: %s", one.adapter, exc)
-    run_id = one.run_id()
+    run_id = run_id or _planned_run_id(one)
     run_file = Path(one.output) / run_id / "run.json"
     existing = results.read_run(run_file.parent)
     if existing is None or existing.get("status") == "running":
@@ -370,6 +408,10 @@ def _record_failure(one: RunConfig, exc: Exception) -> dict[str, Any]:
         rec.update(status="failed", error=results.error_info(exc), finished_at=results.now())
         results.write_json_atomic(run_file, rec)
     return {"adapter": one.adapter, "run_id": run_id, "status": "failed", "error": str(exc)}
+
+
+def _known_id(outcomes: dict[str, dict[str, Any]], name: str) -> str | None:
+    return (outcomes.get(name) or {}).get("run_id")
 
 
 def _sweep_vllm(cfg: RunConfig, names: list[str]) -> list[dict[str, Any]]:
@@ -391,7 +433,7 @@ def _sweep_vllm(cfg: RunConfig, names: list[str]) -> list[dict[str, Any]]:
         try:
             plans[name] = vllm_backend.plan(model_dir, adapter_dir)
         except Exception as exc:  # e.g. an adapter vLLM cannot serve: that run fails, the others go on
-            outcomes[name] = _record_failure(replace(cfg, adapter=name, name=None), exc)
+            outcomes[name] = _record_failure(replace(cfg, adapter=name, name=None), exc, _known_id(outcomes, name))
     for group in plans_by_engine(list(plans.values())):
         members = [n for n, p in plans.items() if p in group]
         log.info("sweep: one vLLM engine for %s", ", ".join(members))
@@ -399,7 +441,7 @@ def _sweep_vllm(cfg: RunConfig, names: list[str]) -> list[dict[str, Any]]:
             engine = Engine(group, seed=cfg.seed)
         except Exception as exc:  # every run of this engine fails; the other engines go on
             for name in members:
-                outcomes[name] = _record_failure(replace(cfg, adapter=name, name=None), exc)
+                outcomes[name] = _record_failure(replace(cfg, adapter=name, name=None), exc, _known_id(outcomes, name))
             continue
         with engine:
             for name in members:

@@ -83,6 +83,12 @@ def _load_raw(path: Path, problems: list[Problem], seen: frozenset[Path] = froze
     return merged
 
 
+def resolved_config(path: Path) -> dict[str, Any] | None:
+    """A task YAML with its includes merged (local keys win); each top-level ``!function`` value is a tuple
+    (reference, file that names it). None when the file does not parse (``validate`` says why)."""
+    return _load_raw(Path(path), [])
+
+
 def _check_functions(path: Path, cfg: dict[str, Any], problems: list[Problem]) -> None:
     from lm_eval.tasks._yaml_loader import _import_func_in_yml
 

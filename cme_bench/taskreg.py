@@ -186,6 +186,38 @@ def suite_tasks(suite: str = DEFAULT_SUITE, include_path: Sequence[Path | str] =
     return [t for tasks in suite_domains(suite, include_path).values() for t in tasks]
 
 
+def task_config(name: str, include_path: Sequence[Path | str] = ()) -> dict[str, Any]:
+    """The task's config as lm-eval's index holds it (includes merged; functions as path strings)."""
+    return dict(_entry(name, include_path).cfg or {})
+
+
+def all_tasks(include_path: Sequence[Path | str] = ()) -> list[str]:
+    """Every registered leaf task, grouped or not, sorted."""
+    from lm_eval.tasks._index import Kind
+
+    tm = task_manager(include_path)
+    return sorted(n for n, e in tm.task_index.items() if e.kind == Kind.TASK and not n.startswith("_"))
+
+
+def resolve_tasks(
+    names: Sequence[str] | None, suite: str = DEFAULT_SUITE, include_path: Sequence[Path | str] = ()
+) -> list[str]:
+    """Leaf tasks to run: the suite's when ``names`` is None, else each name's (a task, or a group's members).
+
+    Any registered task is accepted, grouped or not: the suite is a default, not a gate. Unknown names raise
+    CmeError with near matches, before any model is loaded.
+    """
+    if names is None:
+        return suite_tasks(suite, include_path)
+    out: list[str] = []
+    tm = task_manager(include_path)
+    for name in names:
+        if name not in tm.task_index:
+            raise CmeError(suggest(name, all_tasks(include_path) + sorted(tm.all_groups), "task"))
+        out += [t for t in suite_tasks(name, include_path) if t not in out]
+    return out
+
+
 def task_info(name: str, include_path: Sequence[Path | str] = ()) -> TaskInfo:
     """Metadata of one task without loading its data."""
     entry = _entry(name, include_path)

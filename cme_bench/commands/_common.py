@@ -20,7 +20,24 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-report", dest="report", action="store_false", help="do not refresh the leaderboard")
 
 
+def reuse_line(record: dict[str, Any]) -> str | None:
+    """What was reused instead of computed, in words (None: everything was computed)."""
+    from cme_bench.reuse import REUSE_KEY
+
+    reuse = record.pop(REUSE_KEY, None)
+    if not reuse or (not reuse["reused"] and reuse["evaluated"]):
+        return None
+    if not reuse["evaluated"]:
+        return f"reused finished run {reuse['run_id']} (identical settings); --force to rerun"
+    return (
+        f"{reuse['run_id']}: reused {len(reuse['reused'])} finished task(s) with identical settings, "
+        f"evaluated {', '.join(reuse['evaluated'])} and merged them in; --force to rerun all"
+    )
+
+
 def print_outcome(record: dict[str, Any]) -> None:
+    if line := reuse_line(record):
+        print(line)
     metrics = record.get("metrics") or {}
     line = f"{record['run_id']}: {record['status']}"
     if metrics:

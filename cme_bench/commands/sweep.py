@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from cme_bench.commands import _common
-from cme_bench.config import add_run_arguments, config_from_args
+from cme_bench.config import add_run_arguments, add_seeds_argument, config_from_args, seeds_from_args
 from cme_bench.errors import CmeError
 
 HELP = "run several adapters with identical data, seed and budget; a failing one is recorded and the sweep goes on"
@@ -14,6 +14,7 @@ HELP = "run several adapters with identical data, seed and budget; a failing one
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adapters", required=True, help="comma-separated preset names, e.g. lora,moelora,teamlora")
     add_run_arguments(parser)
+    add_seeds_argument(parser)
     _common.add_report_arguments(parser)
 
 
@@ -23,10 +24,15 @@ def main(args: argparse.Namespace) -> int:
     names = [n.strip() for n in args.adapters.split(",") if n.strip()]
     if not names:
         raise CmeError("--adapters is empty")
-    outcomes = runner.sweep(config_from_args(args, adapter=names[0]), names, baseline=args.baseline)
-    print(f"{'adapter':<20} {'status':<10} run")
+    seeds = seeds_from_args(args)
+    configs = [config_from_args(args, adapter=names[0], seed=seed) for seed in seeds]
+    outcomes = []
+    for i, cfg in enumerate(configs):  # the base row once: its numbers do not depend on a training seed
+        outcomes += runner.sweep(cfg, names, baseline=args.baseline and i == 0)
+    print(f"{'adapter':<20} {'status':<18} run")
     for o in outcomes:
-        print(f"{o['adapter']:<20} {o['status']:<10} {o['run_id']}" + (f"  ({o['error']})" if o.get("error") else ""))
+        status = o["status"] + (" (reused)" if o.get("reused") else "")
+        print(f"{o['adapter']:<20} {status:<18} {o['run_id']}" + (f"  ({o['error']})" if o.get("error") else ""))
     _common.refresh_report(args)
     failed = [o["adapter"] for o in outcomes if o["status"] != "success"]
     if failed:
