@@ -96,7 +96,7 @@ COVERED = frozenset(
     ]
 )
 # TrainConfig fields that do not change the trained weights (or that the identity holds elsewhere).
-TRAIN_EXCLUDED = frozenset({"checkpoint_every", "gradient_checkpointing", "seed"})
+TRAIN_EXCLUDED = frozenset({"checkpoint_every", "gradient_checkpointing", "seed", "log_every"})
 TASK_COSMETIC = frozenset({"task_alias", "group_alias", "tag"})
 TASK_METADATA_KEPT = ("version", "primary_metric")
 

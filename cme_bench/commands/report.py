@@ -21,6 +21,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="runs embedded per task in the sample viewer (best N plus base models; default 40)",
     )
     parser.add_argument("--no-html", action="store_true", help="write only the text tables")
+    parser.add_argument(
+        "--include-path",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="extra folder of lm-eval task YAMLs, for the metadata of user tasks (the run records carry it too)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -37,7 +44,14 @@ def main(args: argparse.Namespace) -> int:
     results = Path(args.results)
     out = Path(args.out) if args.out else results / "leaderboard"
     start = time.perf_counter()
-    report = build_report(results, out=out, n_boot=args.bootstrap, seed=args.seed)
+    kwargs = {}
+    if args.include_path:
+        from functools import partial
+
+        from cme_bench.taskreg import task_info
+
+        kwargs["task_info"] = partial(task_info, include_path=args.include_path)
+    report = build_report(results, out=out, n_boot=args.bootstrap, seed=args.seed, **kwargs)
     if not report.analysis.runs:
         raise CmeError(f"no readable run records (*/run.json) under {str(results)!r}")
     files = write_text_outputs(report, out)

@@ -1,4 +1,4 @@
-"""Reading run records (``run.json`` schema v1, see docs/ARCHITECTURE.md), per-sample logs and profile files.
+"""Reading run records (``run.json`` schema v1 and v2, see docs/ARCHITECTURE.md), per-sample logs and profile files.
 
 The report must survive a results folder that other processes are writing into: a malformed or partial record is
 skipped with a warning naming the file, a bad line in a sample log is skipped with a warning, and nothing here
@@ -21,7 +21,7 @@ from cme_bench.errors import CmeError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSIONS = (1, 2)  # 2 adds "identity" and "tasks_meta" (docs/ARCHITECTURE.md); v1 records still load
 STATUSES = ("running", "success", "failed", "cancelled")
 BASE_METHOD = "none"  # the adapter method shown for a base-model row
 
@@ -129,8 +129,8 @@ def parse_record(path: Path, data: Any) -> RunRecord:
     """Validate a decoded run.json; raises ValueError naming the first problem."""
     if not isinstance(data, Mapping):
         raise ValueError("top level is not an object")
-    if data.get("schema_version") != SCHEMA_VERSION:
-        raise ValueError(f"schema_version is {data.get('schema_version')!r}, expected {SCHEMA_VERSION}")
+    if data.get("schema_version") not in SCHEMA_VERSIONS:
+        raise ValueError(f"schema_version is {data.get('schema_version')!r}, expected one of {SCHEMA_VERSIONS}")
     if not isinstance(data.get("run_id"), str) or not data["run_id"]:
         raise ValueError("'run_id' is missing or not a string")
     if data.get("status") not in STATUSES:
@@ -139,7 +139,8 @@ def parse_record(path: Path, data: Any) -> RunRecord:
         if data.get(key) is not None and not isinstance(data[key], Mapping):
             raise ValueError(f"{key!r} is not an object")
     metrics = _parse_metrics(data.get("metrics"))
-    if data["status"] == "success" and not metrics:
+    # A train-only record (`cme-bench train`: no evaluation block) is a successful run without metrics.
+    if data["status"] == "success" and not metrics and data.get("evaluation") is not None:
         raise ValueError("status is 'success' but 'metrics' is empty")
     return RunRecord(path=path, data=data, metrics=metrics)
 
