@@ -361,7 +361,8 @@ def evaluate_base_or_adapter(cfg: RunConfig, adapter_path: Path | None, *, vllm_
         record.data["evaluation"] = reuse.merge_evaluation(earlier, record.data["evaluation"])
 
     data = _guarded(record, body)
-    data[reuse.REUSE_KEY] = {"run_id": run_id, "reused": plan.reused, "evaluated": plan.todo}
+    kept = sorted(set((previous or {}).get("metrics") or {}) - set(plan.todo))
+    data[reuse.REUSE_KEY] = {"run_id": run_id, "reused": kept, "evaluated": plan.todo}
     return data
 
 

@@ -30,8 +30,8 @@ def reuse_line(record: dict[str, Any]) -> str | None:
     if not reuse["evaluated"]:
         return f"reused finished run {reuse['run_id']} (identical settings); --force to rerun"
     return (
-        f"{reuse['run_id']}: reused {len(reuse['reused'])} finished task(s) with identical settings, "
-        f"evaluated {', '.join(reuse['evaluated'])} and merged them in; --force to rerun all"
+        f"{reuse['run_id']}: evaluated {', '.join(reuse['evaluated'])} and merged into the finished run's "
+        f"{len(reuse['reused'])} task(s) with identical settings; --force to rerun all"
     )
 
 
