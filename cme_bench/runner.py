@@ -324,7 +324,11 @@ def _planned_run_id(one: RunConfig) -> str:
 
 
 def _adapter_label(path: Path) -> str:
-    """A short name for a saved adapter folder: its own name, or its run's name for ``<run>/adapter``."""
+    """A short name for a saved adapter folder: the preset it was trained with (its provenance says), else the
+    folder's own name, or its run's name for ``<run>/adapter``."""
+    trained = (provenance.read(path) or {}).get("config") or {}
+    if trained.get("adapter"):
+        return results.slug(Path(str(trained["adapter"])).stem)
     path = path.resolve()
     return results.slug(path.parent.name if path.name == "adapter" else path.name)
 

@@ -79,6 +79,7 @@ metadata:
   display_name: "Plain capitals"
   domain: geography
   chance: 0.0
+  suite: my-suite
 """
 
 
@@ -96,8 +97,12 @@ def _plain_task(folder: Path, name: str = "my_plain_qa", n_train: int = 8, n_tes
 
 
 def test_one_task_yaml_line_or_data_row_changes_the_identity(tmp_path: Path) -> None:
+    from cme_bench import taskreg
+
     yaml_file = _plain_task(tmp_path)
     include = [yaml_file.parent]
+    assert taskreg.suite_tasks("my-suite", include) == ["my_plain_qa"]  # metadata.suite alone makes a suite
+    assert "my-suite" in taskreg.suites(include)
     before = identity.task_digest("my_plain_qa", include)
     original = yaml_file.read_text()
     yaml_file.write_text(original.replace("max_gen_toks: 4", "max_gen_toks: 5"))
