@@ -148,11 +148,6 @@ def read_run(run_dir: Path) -> dict[str, Any] | None:
     return read_json(path) if path.is_file() else None
 
 
-def is_completed(run_dir: Path) -> bool:
-    record = read_run(run_dir)
-    return bool(record) and record.get("status") == "success"
-
-
 def error_info(exc: BaseException) -> dict[str, str]:
     return {
         "type": type(exc).__name__,

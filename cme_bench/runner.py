@@ -348,7 +348,10 @@ def evaluate_base_or_adapter(cfg: RunConfig, adapter_path: Path | None, *, vllm_
                  len(plan.reused), ", ".join(plan.todo))  # fmt: skip
     previous = plan.existing
     name = cfg.name or ("base" if adapter_path is None else label)
-    record = _open_record(cfg, run_id, name, reuse.merged_identity(ident, previous, plan.todo), tasks, previous)
+    merged = reuse.merged_identity(ident, previous, plan.todo)
+    record = _open_record(cfg, run_id, name, merged, tasks, previous)
+    if previous is not None:  # the record holds more tasks than this command asked for
+        record.data["config"]["tasks"] = sorted(merged.task_digests)
 
     def body() -> None:
         loaded, _ = _load_base(cfg, record)
