@@ -136,12 +136,30 @@ def test_eval_tasks_a_then_b_returns_b_and_merges_into_the_base_row(tmp_path: Pa
     assert sorted(rec["metrics"]) == ["cme_mini_cb", "cme_mini_copa"]  # merged at task granularity
     assert sorted(rec["evaluation"]["lm_eval"]["results"]) == ["cme_mini_cb", "cme_mini_copa"]
     assert sorted(rec["identity"]["components"]["evaluation"]["tasks"]) == ["cme_mini_cb", "cme_mini_copa"]
+    assert rec["config"]["tasks"] == ["cme_mini_cb", "cme_mini_copa"]
     assert f"{run_id}: evaluated cme_mini_copa and merged into the finished run's 1 task(s)" in printed
     # Both tasks again: nothing to evaluate, and the output says so.
     stamp = (out / run_id / "run.json").stat().st_mtime_ns
     assert main(["eval", *common, "--tasks", "cme_mini_copa,cme_mini_cb"]) == 0
     assert f"reused finished run {run_id} (identical settings); --force to rerun" in capsys.readouterr().out
     assert (out / run_id / "run.json").stat().st_mtime_ns == stamp
+
+
+def test_a_task_whose_config_changed_is_evaluated_again(tmp_path: Path) -> None:
+    from cme_bench import reuse
+
+    tasks = ["cme_mini_cb", "cme_mini_copa"]
+    ident = identity.compute(RunConfig(model="tiny-llama", adapter="none", limit=3), tasks)
+    recorded = ident.with_tasks({"cme_mini_cb": ident.task_digests["cme_mini_cb"], "cme_mini_copa": "0" * 64})
+    rec = results.new_record("r", "base", {})
+    metrics = {t: {"metric": "acc", "value": 0.5, "n": 3} for t in tasks}
+    rec.update(status="success", identity=recorded.to_dict(), metrics=metrics)
+    results.write_json_atomic(tmp_path / "r" / "run.json", rec)
+    plan = reuse.plan_evaluation(False, tmp_path / "r", ident, tasks)
+    assert (plan.reused, plan.todo) == (["cme_mini_cb"], ["cme_mini_copa"])
+    assert reuse.plan_evaluation(True, tmp_path / "r", ident, tasks).todo == tasks  # --force
+    other = identity.compute(RunConfig(model="tiny-llama", adapter="none", limit=4), tasks)
+    assert reuse.plan_evaluation(False, tmp_path / "r", other, tasks).todo == tasks  # another limit: nothing reused
 
 
 def test_limit_5_after_limit_10_is_a_new_run(tmp_path: Path) -> None:
