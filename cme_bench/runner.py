@@ -380,6 +380,7 @@ def sweep(cfg: RunConfig, adapter_names: list[str], *, baseline: bool = True) ->
     model and every LoRA-family adapter on one engine (adapters by request), each routed or merged adapter on its own.
     """
     _check_backend(cfg)
+    _tasks(cfg)  # a misspelt task stops the sweep before any work, instead of failing every run in turn
     names = ([NO_ADAPTER] if baseline else []) + adapter_names
     if cfg.backend == "vllm":
         return _sweep_vllm(cfg, names)

@@ -22,6 +22,10 @@ def main(args: argparse.Namespace) -> int:
 
     seeds = seeds_from_args(args)
     configs = [config_from_args(args, seed=seed) for seed in seeds]  # every setting checked before any work
+    if configs[0].adapter != "none":
+        from cme_bench.adapters import load_preset
+
+        load_preset(configs[0].adapter)  # a misspelt preset fails before the base row is evaluated
     if args.baseline and configs[0].adapter != "none":
         # One base row: the base model is not trained, so its numbers do not depend on the training seed.
         _common.print_outcome(runner.run(config_from_args(args, adapter="none", resume=False, seed=seeds[0])))
