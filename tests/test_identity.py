@@ -256,6 +256,9 @@ def test_unknown_task_fails_before_any_work_with_suggestions(tmp_path: Path, cap
     err = capsys.readouterr().err
     assert "cme_mini_rtee" in err and "cme_mini_rte" in err
     assert not out.exists()  # the base row was not evaluated first
+    sweep = ["sweep", "--model", "tiny-llama", "--adapters", "lora", "--tasks", "cme_mini_rtee", "--no-report"]
+    assert main([*sweep, "--output", str(out)]) == 2
+    assert not out.exists()
 
 
 def test_plain_lm_eval_yaml_validates_trains_and_evaluates(tmp_path: Path, capsys) -> None:
