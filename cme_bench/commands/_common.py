@@ -36,16 +36,13 @@ def reuse_line(record: dict[str, Any]) -> str | None:
 
 
 def print_outcome(record: dict[str, Any]) -> None:
+    """One line per run, on the leaderboard's scale (%) and with its names (see report.summary.outcome_line); first
+    what was reused instead of computed."""
+    from cme_bench.report.summary import outcome_line
+
     if line := reuse_line(record):
         print(line)
-    metrics = record.get("metrics") or {}
-    line = f"{record['run_id']}: {record['status']}"
-    if metrics:
-        mean = sum(m["value"] for m in metrics.values()) / len(metrics)
-        line += f", mean over {len(metrics)} tasks = {mean:.4f}"
-    if record.get("error"):
-        line += f" ({record['error']['type']}: {record['error']['message']})"
-    print(line)
+    print(outcome_line(record))
 
 
 def refresh_report(args: argparse.Namespace) -> None:

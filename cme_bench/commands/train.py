@@ -18,6 +18,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from cme_bench import runner
 
-    record = runner.run(config_from_args(args), do_eval=False)
+    record = runner.train_only(config_from_args(args))
     _common.print_outcome(record)
     return 0 if record["status"] == "success" else 1

@@ -21,7 +21,7 @@ from cme_bench.errors import CmeError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSIONS = (1, 2)  # 2 adds "identity" and "tasks_meta" (docs/ARCHITECTURE.md); v1 records still load
+SCHEMA_VERSIONS = (1, 2)  # v2 adds the "identity" block (digests of the run, its seed group and evaluation set)
 STATUSES = ("running", "success", "failed", "cancelled")
 BASE_METHOD = "none"  # the adapter method shown for a base-model row
 
@@ -130,12 +130,13 @@ def parse_record(path: Path, data: Any) -> RunRecord:
     if not isinstance(data, Mapping):
         raise ValueError("top level is not an object")
     if data.get("schema_version") not in SCHEMA_VERSIONS:
-        raise ValueError(f"schema_version is {data.get('schema_version')!r}, expected one of {SCHEMA_VERSIONS}")
+        expected = " or ".join(map(str, SCHEMA_VERSIONS))
+        raise ValueError(f"schema_version is {data.get('schema_version')!r}, expected {expected}")
     if not isinstance(data.get("run_id"), str) or not data["run_id"]:
         raise ValueError("'run_id' is missing or not a string")
     if data.get("status") not in STATUSES:
         raise ValueError(f"'status' is {data.get('status')!r}, expected one of {', '.join(STATUSES)}")
-    for key in ("config", "model", "adapter", "training", "evaluation", "samples", "environment"):
+    for key in ("config", "model", "adapter", "training", "evaluation", "samples", "environment", "identity"):
         if data.get(key) is not None and not isinstance(data[key], Mapping):
             raise ValueError(f"{key!r} is not an object")
     metrics = _parse_metrics(data.get("metrics"))
