@@ -241,6 +241,19 @@ def test_run_with_a_seed_list_makes_one_run_per_seed(tmp_path: Path) -> None:
     assert main([*argv, "--seed", "3", "--output", str(out)]) == 2  # --seed and --seeds together
 
 
+def test_a_three_seed_sweep_is_one_aggregated_leaderboard_row(tmp_path: Path) -> None:
+    from cme_bench.report.pipeline import build_report
+
+    out = tmp_path / "results"
+    argv = ["sweep", "--model", "tiny-llama", "--adapters", "lora", "--tasks", "cme_mini_cb", "--max-steps", "2"]
+    argv += ["--batch-size", "4", "--train-cap", "8", "--limit", "3", "--seeds", "1,2,3", "--no-report"]
+    assert main([*argv, "--output", str(out)]) == 0
+    report = build_report(out, n_boot=20)
+    lora = [e for e in report.analysis.entries if e.run.method == "lora"]
+    assert len(lora) == 1 and lora[0].n_seeds == 3 and lora[0].seeds == [1, 2, 3]
+    assert len(report.analysis.eval_sets) == 1  # the base row and every seed: the same documents
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # User tasks are first-class
 
