@@ -293,6 +293,12 @@ def test_plain_lm_eval_yaml_validates_trains_and_evaluates(tmp_path: Path, capsy
         assert meta["display_name"] == "Plain capitals" and meta["domain"] == "geography" and meta["chance"] == 0.0
     trained = next(r for r in runs.values() if r["training"])
     assert trained["training"]["steps"] == 2
+    # A report built without the include path still knows the task: from the records' tasks_meta.
+    from cme_bench.report.pipeline import build_report
+
+    meta = build_report(out, n_boot=20).analysis.tasks["my_plain_qa"]
+    assert (meta.display_name, meta.domain, meta.chance) == ("Plain capitals", "geography", 0.0)
+    assert meta.source == "run record"
 
 
 def test_export_of_no_example_is_an_error_and_data_files_are_checked(tmp_path: Path, capsys) -> None:
