@@ -232,10 +232,11 @@ def preset_component(preset: Any) -> dict[str, Any]:
 
 def saved_adapter_component(adapter_dir: Path) -> dict[str, Any]:
     """A saved adapter: method and parameters from its config (where it says), and its weights' digest."""
+    from cme_bench.modelcard import read_fields
     from cme_bench.tuners.checkpoint import read_adapter_config
 
     _, config, weights = read_adapter_config(adapter_dir)
-    ours = config.get("cme_bench") if isinstance(config.get("cme_bench"), Mapping) else config
+    ours = read_fields(Path(adapter_dir))  # the sidecar of a PEFT-format folder, or our own config
     out: dict[str, Any] = {"weights": file_digest(weights)}
     if "method" in ours:
         out.update(method=ours["method"], params=ours.get("params"))

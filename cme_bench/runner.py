@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from cme_bench import adapters, backends, identity, provenance, results, reuse, taskreg
+from cme_bench import adapters, backends, identity, modelcard, provenance, results, reuse, taskreg, trackers
 from cme_bench.backends import EvalBackend, EvalSession, EvalTarget
 from cme_bench.config import NO_ADAPTER, RunConfig
 from cme_bench.errors import CmeError
@@ -103,6 +103,8 @@ def _open_record(
     data["schema_version"] = results.SCHEMA_VERSION
     record = RunLog(run_dir, data, enabled=cfg.is_main_process())
     record.save()
+    if record.enabled:
+        trackers.start_run(run_id, cfg.to_dict(), run_dir)
     return record
 
 
@@ -169,8 +171,10 @@ def _costs(result, model, tokenizer) -> dict[str, Any]:
 
 
 def finish(record: RunLog, status: str, exc: BaseException | None = None) -> None:
-    """The last stage: the run's final status (success, failed, cancelled), its error and the finishing time."""
+    """The last stage: the run's final status (success, failed, cancelled), its error and the finishing time; the
+    final scores go to the active experiment trackers, whose runs for this record close."""
     record.update(status=status, error=results.error_info(exc) if exc else None, finished_at=results.now())
+    trackers.finish_run(record.data)
 
 
 def _guarded(record: RunLog, body, *, last: bool = True) -> dict[str, Any]:
@@ -233,17 +237,20 @@ def train_stage(state: RunState) -> Trained:
         loaded.model, preset, total_steps=total_steps(len(train_records), cfg, world), seed=cfg.seed
     )
     record.update(adapter=_adapter_summary(model, preset=preset.name, path="adapter"))
-    result = train(model, loaded.tokenizer, train_records, cfg, out_dir=record.dir, resume=cfg.resume)
+    on_step = partial(trackers.log_step, record.data["run_id"])  # per-step metrics to the experiment trackers
+    result = train(model, loaded.tokenizer, train_records, cfg, out_dir=record.dir, resume=cfg.resume, on_step=on_step)
     return Trained(model, loaded.tokenizer, result, base_info, base_logits, train_records)
 
 
 def save_stage(state: RunState, trained: Trained) -> None:
     """Save ``adapter/``, record training and costs, check that the adapter changes the logits (main process)."""
     record, model, tokenizer = state.record, trained.model, trained.tokenizer
-    adapters.save_adapter(model, record.dir / "adapter", base_info=trained.base_info)
-    shutil.rmtree(record.dir / "checkpoints", ignore_errors=True)  # the saved adapter supersedes them
     # Expert load averaged over every training forward (not just the last batch).
     record.update(training={**trained.result.to_dict(), "expert_load": adapters.expert_load(model, cumulative=True)})
+    adapters.save_adapter(
+        model, record.dir / "adapter", base_info=trained.base_info, base_model=state.cfg.model, run=record.data
+    )
+    shutil.rmtree(record.dir / "checkpoints", ignore_errors=True)  # the saved adapter supersedes them
     check_adapter_applied(trained.base_logits, model, tokenizer)
     record.update(costs=_costs(trained.result, model, tokenizer))
     provenance.write(record.dir / "adapter", record.data, trained.train_records)  # travels with the adapter folder
@@ -299,6 +306,8 @@ def evaluate_stage(state: RunState, session: EvalSession) -> None:
         **session.describe(target),
     }
     record.data["evaluation"] = reuse.merge_evaluation(earlier, record.data["evaluation"])
+    if record.enabled and state.adapter_dir == record.dir / "adapter":  # an adapter this run trained: card + scores
+        modelcard.write_model_card(state.adapter_dir, run=record.data)
 
 
 def _evaluate_alone(state: RunState, backend: EvalBackend) -> None:

@@ -15,6 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_arguments(parser)
     add_seeds_argument(parser)
     _common.add_report_arguments(parser)
+    _common.add_file_and_tracker_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -26,12 +27,13 @@ def main(args: argparse.Namespace) -> int:
         from cme_bench.adapters import load_preset
 
         load_preset(configs[0].adapter)  # a misspelt preset fails before the base row is evaluated
-    if args.baseline and configs[0].adapter != "none":
-        # One base row: the base model is not trained, so its numbers do not depend on the training seed.
-        _common.print_outcome(runner.run(config_from_args(args, adapter="none", resume=False, seed=seeds[0])))
     records = []
-    for cfg in configs:
-        records.append(runner.run(cfg))
-        _common.print_outcome(records[-1])
+    with _common.trackers_of(args):
+        if args.baseline and configs[0].adapter != "none":
+            # One base row: the base model is not trained, so its numbers do not depend on the training seed.
+            _common.print_outcome(runner.run(config_from_args(args, adapter="none", resume=False, seed=seeds[0])))
+        for cfg in configs:
+            records.append(runner.run(cfg))
+            _common.print_outcome(records[-1])
     _common.refresh_report(args)
     return 0 if all(r["status"] == "success" for r in records) else 1

@@ -13,11 +13,14 @@ HELP = "fine-tune an adapter on the CME mixture and save it (no evaluation); wor
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adapter", default="teamlora", help="adapter preset name or YAML path (default: teamlora)")
     add_run_arguments(parser, evaluate=False)
+    _common.add_file_and_tracker_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
     from cme_bench import runner
 
-    record = runner.train_only(config_from_args(args))
+    cfg = config_from_args(args)
+    with _common.trackers_of(args):
+        record = runner.train_only(cfg)
     _common.print_outcome(record)
     return 0 if record["status"] == "success" else 1
