@@ -466,12 +466,12 @@ def sweep(cfg: RunConfig, adapter_names: list[str], *, baseline: bool = True) ->
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # recorded in run.json by the stage's guard (or below); the sweep goes on
-            outcomes[name] = _record_failure(one, exc)
+            outcomes[name] = record_failure(one, exc)
     if not cfg.is_main_process():  # other ranks only help training
         return [outcomes.get(n) or _outcome(n, {**pending[n].record.data, "status": "success"}) for n in names]
     groups, unservable = backends.group_targets(backend, {n: s.target for n, s in pending.items()})
     for name, exc in unservable.items():
-        outcomes[name] = _record_failure(pending[name].cfg, exc, pending[name].record.dir.name)
+        outcomes[name] = record_failure(pending[name].cfg, exc, pending[name].record.dir.name)
     for members in groups:
         log.info("sweep: one evaluation session for %s", ", ".join(members))
         outcomes.update(_evaluate_group(backend, cfg, {n: pending[n] for n in members}))
@@ -486,7 +486,7 @@ def _evaluate_group(backend: EvalBackend, cfg: RunConfig, states: dict[str, RunS
     except KeyboardInterrupt:
         raise
     except Exception as exc:
-        return {name: _record_failure(s.cfg, exc, s.record.dir.name) for name, s in states.items()}
+        return {name: record_failure(s.cfg, exc, s.record.dir.name) for name, s in states.items()}
     with session:
         for name, state in states.items():
 
@@ -500,8 +500,16 @@ def _evaluate_group(backend: EvalBackend, cfg: RunConfig, states: dict[str, RunS
             except KeyboardInterrupt:
                 raise
             except Exception as exc:  # recorded in run.json by the guard
-                outcomes[name] = _record_failure(state.cfg, exc, state.record.dir.name)
+                outcomes[name] = record_failure(state.cfg, exc, state.record.dir.name)
     return outcomes
+
+
+def _planned_run_id(one: RunConfig) -> str:
+    """The run id ``one`` gets (its identity's); the readable id without digest when even planning fails."""
+    try:
+        return _eval_only_plan(one, None)[1] if one.adapter == NO_ADAPTER else _plan(one)[3]
+    except Exception:
+        return one.run_id()
 
 
 def _outcome(name: str, record: dict[str, Any]) -> dict[str, Any]:
@@ -509,14 +517,15 @@ def _outcome(name: str, record: dict[str, Any]) -> dict[str, Any]:
     return {"adapter": name, "run_id": record["run_id"], "status": record["status"], "reused": reused}
 
 
-def _record_failure(one: RunConfig, exc: Exception, run_id: str | None = None) -> dict[str, Any]:
+def record_failure(one: RunConfig, exc: BaseException, run_id: str | None = None) -> dict[str, Any]:
     """Mark ``one``'s run failed, unless its own guard already did, and return the sweep outcome.
 
-    ``run_id``: the run's folder when known; else the readable id without digest (the failure came while planning,
-    e.g. an invalid preset, so no identity exists).
+    Public for the cluster launchers: a run whose worker died on every attempt is recorded here. ``run_id``: the
+    run's folder when known; else the one its identity gives, or the readable id without digest when even planning
+    fails (e.g. an invalid preset: no identity exists).
     """
     log.error("sweep: %s failed: %s", one.adapter, exc)
-    run_id = run_id or one.run_id()
+    run_id = run_id or _planned_run_id(one)
     run_file = Path(one.output) / run_id / "run.json"
     existing = results.read_run(run_file.parent)
     if existing is None or existing.get("status") == "running":
