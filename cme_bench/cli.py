@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from cme_bench import __version__
 from cme_bench.errors import CmeError
 
-VERBS = ("run", "train", "eval", "sweep", "report", "tasks", "adapters", "profile")
+VERBS = ("run", "train", "eval", "sweep", "report", "tasks", "adapters", "profile", "plan")
 
 
 def build_parser() -> argparse.ArgumentParser:
