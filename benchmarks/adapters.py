@@ -4,7 +4,7 @@ Measures, side by side in one run (interleaved, so machine load hits every varia
 training step's forward and backward through a single adapted ``nn.Linear`` shaped like LLaMA-7B's ``up_proj``
 (4096 -> 11008) or a CPU-sized projection with the same aspect ratio (default 1024 -> 2752):
 
-- LoRA of rank r_A = k * r_B (PEFT's own ``lora.Linear``), the issue's "same total rank" baseline;
+- LoRA of rank r_A = k * r_B (PEFT's own ``lora.Linear``), the "same total rank" baseline;
 - TeamLoRA, fused (default path) and reference loop;
 - MoELoRA with k experts of rank r_B (same parameter count as TeamLoRA), reference loop and fused.
 

@@ -1,4 +1,4 @@
-"""CME-mini agreement between the vLLM and HF backends on a real model (issue 7: at least 99% of items).
+"""CME-mini agreement between the vLLM and HF backends on a real model (target: at least 99% of items).
 
 Run in the vLLM environment::
 

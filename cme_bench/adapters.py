@@ -2,7 +2,7 @@
 load, for every method in ``cme_bench.tuners.TUNERS``.
 
 Two backends sit behind one API:
-- ``peft`` (lora, dora, adalora): ``apply_adapter`` returns a ``PeftModel``; adapters are saved in PEFT's own format
+- ``peft`` (LoRA, DoRA, AdaLoRA): ``apply_adapter`` returns a ``PeftModel``; adapters are saved in PEFT's own format
   (``base_model_name_or_path`` filled) with cme-bench's fields in the sidecar ``cme_bench.json``;
 - ``native`` (every other method): adapter layers are injected into the Hugging Face model in place, so the returned
   object *is* the HF model (``generate``, ``config``, ``device``, ``tie_weights`` all work, and lm-eval's
@@ -39,13 +39,12 @@ from cme_bench.tuners.checkpoint import (
     CONFIG_NAME,
     FORMAT,
     WEIGHTS_NAME,
+    AdapterFile,
     check_base,
     check_state,
     cme_fields,
-    detect_layout,
     fsync_dir,
-    peft_method,
-    read_adapter_config,
+    read_adapter,
     replace_dir,
     targets_from_peft,
 )
@@ -193,7 +192,7 @@ def _apply_native(model: nn.Module, spec: MethodSpec, params: dict[str, Any]) ->
             raise CmeError(f"{spec.name}: no target among {params['target_modules']} is a gated FFN block")
     for p in model.parameters():
         p.requires_grad_(False)
-    inject(model, paths, lambda module: spec.build_layer(module, params))
+    inject(model, paths, lambda module, site: spec.build_layer(module, params, site))
     return model, paths
 
 
@@ -266,7 +265,7 @@ def reset_expert_load(model: nn.Module) -> None:
 
 def adapter_stats(model: nn.Module) -> dict[str, float]:
     """Scalar diagnostics of the last forward run with autograd on (training), e.g. TeamLoRA's
-    ``teamlora/normalizer_min`` (min over layers) and ``teamlora/balance_excess`` (mean of L_bal - (1 - 1/k)^2), and
+    ``<method>/normalizer_min`` (min over layers) and ``<method>/balance_excess`` (mean of L_bal - (1 - 1/k)^2), and
     ``<method>/aux_loss`` (unweighted mean)."""
     collected: dict[str, list[float]] = {}
     for _, layer in adapter_layers(model):
@@ -285,10 +284,12 @@ def set_task_types(model: nn.Module, task_types: torch.Tensor | None) -> None:
 
 
 def step_hook(model: nn.Module, step: int) -> None:
-    """Call after ``backward`` and before ``zero_grad``: AdaLoRA's ``update_and_allocate``; a no-op otherwise."""
+    """Call after ``backward`` and before ``zero_grad``: the method's ``step_hook`` (AdaLoRA's
+    ``update_and_allocate``); a no-op for methods without one."""
     info = getattr(model, "_cme_adapter", None)
-    if info and info["method"] == "adalora":
-        model.base_model.update_and_allocate(step)
+    hook = get_method(info["method"]).step_hook if info else None
+    if hook is not None:
+        hook(model, step)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -320,26 +321,17 @@ def adapter_info(model: nn.Module) -> dict[str, Any]:
             "base_parameters": base,
             "trainable_share": trainable / base if base else None,
             "notes": list(spec.notes),
-            "deviations": deviations(info["method"], info["params"]),
+            "deviations": spec.deviations_for(info["params"]),
         }
     )
-    if info["method"] == "adalora":
-        out["budget"] = {"stored_rank": info["params"]["init_r"], "target_rank": info["params"]["target_r"]}
+    if spec.info is not None:
+        out.update(spec.info(info["params"]))
     return out
 
 
 def deviations(method: str, params: dict[str, Any]) -> list[str]:
-    """Labelled departures from the released code that these hyperparameters switch on."""
-    out = []
-    if method == "teamlora" and params.get("normalizer_eps") is not None:
-        out.append(f"teamlora normaliser clamped to |sum| >= {params['normalizer_eps']} (not in the release)")
-    if params.get("forward") == "fused" and method in ("moelora", "hydralora", "loramoe") and params["dropout"]:
-        out.append(f"{method} fused form shares one dropout mask across experts (release: one per expert)")
-    if method == "loramoe" and params.get("blc_weight"):
-        out.append("loramoe L_lbc without task types set (set_task_types) reduces to a plain CV^2 balance")
-    if method == "mixlora":
-        out.append("mixlora: FFN experts only (template also adds LoRA on q,k,v,o); balance loss includes padding")
-    return out
+    """Labelled departures from the released code that these hyperparameters switch on (the method says which)."""
+    return get_method(method).deviations_for(params)
 
 
 def count_on_meta(config: Any, preset: AdapterPreset | str | Path) -> dict[str, Any]:
@@ -478,25 +470,16 @@ def _write_peft(
 
 
 def load_adapter(base_model: nn.Module, adapter_dir: str | Path) -> nn.Module:
-    """Attach a saved adapter to ``base_model`` strictly (ours, PEFT's, or the TeamLoRA authors' layout)."""
-    from safetensors.torch import load_file
-
-    folder, config, weights = read_adapter_config(adapter_dir)
-    layout = detect_layout(config)
-    state = load_file(str(weights))
-    if layout == "peft":
-        return _load_peft(base_model, folder, config, state)
-    if layout == "cme-bench":
-        check_base(config.get("base_model"), base_model)
-        preset = AdapterPreset(config["preset"], config["method"], config["params"], None, "")
-        model = _apply_saved(base_model, preset, config["target_modules"])
-    else:
-        model = _apply_authors(base_model, config)
+    """Attach a saved adapter to ``base_model`` strictly (ours, PEFT's, or an authors' layout a method declares)."""
+    saved = read_adapter(adapter_dir)
+    state = saved.state()
+    if saved.layout == "peft":
+        return _load_peft(base_model, saved, state)
+    if saved.foreign is None:  # an authors' release records no base model
+        check_base(saved.base_model, base_model)
+    preset = AdapterPreset(saved.preset, saved.method, saved.params, None, "")
+    model = _apply_saved(base_model, preset, saved.target_modules)
     try:
-        if layout == "teamlora-authors":
-            from cme_bench.tuners.teamlora import import_authors_state
-
-            state = import_authors_state(state, int(config["lora_nums"]))
         load_adapter_state(model, state)
     except CmeError:
         # Do not hand the caller back a base model carrying a half-loaded adapter.
@@ -516,49 +499,31 @@ def _apply_saved(base_model: nn.Module, preset: AdapterPreset, targets: list[str
     return model
 
 
-def _apply_authors(base_model: nn.Module, config: dict[str, Any]) -> nn.Module:
-    targets = config.get("target_modules") or []
-    targets = ["re:" + targets] if isinstance(targets, str) else list(targets)
-    params = {
-        "r_a": int(config["r"]),
-        "num_experts": int(config["lora_nums"]),
-        "alpha": config.get("lora_alpha") or 1,
-        "dropout": float(config.get("lora_dropout") or 0.0),
-        "target_modules": targets,
-    }
-    preset = preset_from_dict({"method": "teamlora", "params": params}, name="teamlora-authors")
-    log.info("detected the TeamLoRA authors' checkpoint layout (k=%d, r_A=%d)", params["num_experts"], params["r_a"])
-    return apply_adapter(base_model, preset)
-
-
-def _load_peft(base_model: nn.Module, folder: Path, config: dict[str, Any], state: dict[str, torch.Tensor]):
+def _load_peft(base_model: nn.Module, saved: AdapterFile, state: dict[str, torch.Tensor]):
     from peft import PeftConfig, get_peft_model
 
-    # cme-bench's fields: the sidecar file, or (folders saved before it existed) the "cme_bench" key of the config.
-    sidecar = folder / modelcard.SIDECAR_NAME
-    cme = json.loads(sidecar.read_text()) if sidecar.is_file() else config.get("cme_bench") or {}
-    if cme.get("base_model"):
-        check_base(cme["base_model"], base_model)
+    if saved.base_model:
+        check_base(saved.base_model, base_model)
     with warnings.catch_warnings():
         # Folders saved by older cme-bench carry a "cme_bench" key in PEFT's config; PEFT warns and ignores it.
         warnings.filterwarnings("ignore", message=r"Unexpected keyword arguments \['cme_bench'\]")
-        peft_config = PeftConfig.from_pretrained(str(folder))
+        peft_config = PeftConfig.from_pretrained(str(saved.folder))
     peft_config.inference_mode = False
     # The base in hand was checked by architecture above; the recorded name is for tools that load the base
     # themselves. Without this PEFT warns that the name "changed" to the in-memory model's (often none).
     peft_config.base_model_name_or_path = None
-    method = cme.get("method") or peft_method(config)
     targets = find_targets(base_model, targets_from_peft(peft_config.target_modules), nn.Linear)
     was_training = base_model.training
     model = get_peft_model(base_model, peft_config)
     model.train(was_training)
+    spec = get_method(saved.method)
     model._cme_adapter = {
-        "method": method,
-        "preset": cme.get("preset", folder.name),
-        "params": cme.get("params", {}),
-        "backend": "peft",
-        "routed": False,
-        "mergeable": True,
+        "method": saved.method,
+        "preset": saved.preset,
+        "params": saved.params,
+        "backend": spec.backend,
+        "routed": spec.routed,
+        "mergeable": spec.mergeable,
         "targets": targets,
         "total_steps": getattr(peft_config, "total_step", None),
     }

@@ -15,24 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from cme_bench.results import write_text_atomic
+from cme_bench.tuners.checkpoint import SIDECAR_NAME  # one name for the file, owned by the adapter reader
 
 CARD_NAME = "README.md"
-SIDECAR_NAME = "cme_bench.json"  # cme-bench's fields beside a PEFT adapter_config.json
-
-# Papers behind the methods, for the citation section (arXiv ids as in each tuner's module docstring).
-PAPERS: dict[str, tuple[str, str]] = {
-    "lora": ("LoRA: Low-Rank Adaptation of Large Language Models", "2106.09685"),
-    "dora": ("DoRA: Weight-Decomposed Low-Rank Adaptation", "2402.09353"),
-    "adalora": ("AdaLoRA: Adaptive Budget Allocation for Parameter-Efficient Fine-Tuning", "2303.10512"),
-    "moslora": ("Mixture-of-Subspaces in Low-Rank Adaptation", "2406.11909"),
-    "multilora": ("MultiLoRA: Democratizing LoRA for Better Multi-Task Learning", "2311.11501"),
-    "moelora": ("MoELoRA: Contrastive Learning Guided Mixture of Experts on PEFT for LLMs", "2402.12851"),
-    "hydralora": ("HydraLoRA: An Asymmetric LoRA Architecture for Efficient Fine-Tuning", "2404.19245"),
-    "loramoe": ("LoRAMoE: Alleviate World Knowledge Forgetting in LLMs via MoE-Style Plugin", "2312.09979"),
-    "mixlora": ("MixLoRA: Enhancing LLMs Fine-Tuning with LoRA-based Mixture of Experts", "2404.15159"),
-    "smora": ("Each Rank Could be an Expert: Single-Ranked Mixture of Experts LoRA", "2501.15103"),
-    "teamlora": ("TeamLoRA: Boosting Low-Rank Adaptation with Expert Collaboration and Competition", "2408.09856"),
-}
 
 
 def read_fields(folder: Path) -> dict[str, Any]:
@@ -100,9 +85,12 @@ def _lm_eval_snippet(base: str) -> str:
 
 
 def _citation(method: str) -> str:
+    from cme_bench.tuners import TUNERS
+
     entries = []
-    if method in PAPERS:
-        title, arxiv = PAPERS[method]
+    paper = TUNERS.get(method).paper if method in TUNERS else None  # (title, arXiv id), the method's own record
+    if paper is not None:
+        title, arxiv = paper
         entries.append(
             f"@article{{{method}_{arxiv.replace('.', '_')},\n  title   = {{{title}}},\n"
             f"  journal = {{arXiv preprint arXiv:{arxiv}}},\n  year    = {{20{arxiv[:2]}}}\n}}"

@@ -1,10 +1,10 @@
-"""Adapters in other tools' layouts: export a TeamLoRA adapter to its authors' layout, and turn a pickled
+"""Adapters in other tools' layouts: export an adapter to its method's authors' layout, and turn a pickled
 ``adapter_model.bin`` into safetensors.
 
-- ``export_authors``: the layout of ``Lin-Tianwei/TeamLoRA`` (a PEFT-0.3-style LoRA config with ``lora_nums``; keys
-  ``base_model.model.<module>.lora_A.weight``, ``lora_B{i}.weight``, ``lora_route.fc.weight``,
-  ``lora_interaction_matrix.weight``). It is the exact inverse of the importer
-  (``cme_bench.tuners.teamlora.import_authors_state``): ``B_cat`` is split back into its k column blocks.
+- ``export_authors``: the method's own ``ForeignLayout.export`` (the exact inverse of its importer) writes the
+  tensors and config; TeamLoRA's is the layout of ``Lin-Tianwei/TeamLoRA`` (a PEFT-0.3-style LoRA config with
+  ``lora_nums``; keys ``base_model.model.<module>.lora_A.weight``, ``lora_B{i}.weight``, ``lora_route.fc.weight``,
+  ``lora_interaction_matrix.weight``).
 - ``convert_bin``: checkpoints from the authors' era are usually ``torch.save`` pickles. Loading a pickle can run
   arbitrary code, so cme-bench never does it implicitly; this explicit step reads one with
   ``torch.load(weights_only=True)`` (PyTorch's restricted unpickler: tensors and plain containers only) and writes
@@ -21,65 +21,30 @@ import torch
 
 from cme_bench.errors import CmeError
 from cme_bench.results import write_dir_atomic
+from cme_bench.tuners.checkpoint import CONFIG_NAME as CONFIG
+from cme_bench.tuners.checkpoint import WEIGHTS_NAME as WEIGHTS
 
-WEIGHTS = "adapter_model.safetensors"
-CONFIG = "adapter_config.json"
-AUTHORS_PREFIX = "base_model.model."
 LAYOUTS = ("authors",)
 
 
 def export_authors(adapter_dir: str | Path, out: str | Path) -> Path:
-    """Write the TeamLoRA adapter saved in ``adapter_dir`` (cme-bench's layout) to ``out`` in the authors' layout."""
+    """Write the adapter saved in ``adapter_dir`` (cme-bench's layout) to ``out`` in its method's authors' layout
+    (the method's ``ForeignLayout.export``; TeamLoRA's is the only one today)."""
     from safetensors.torch import load_file, save_file
 
     from cme_bench.modelcard import read_fields
+    from cme_bench.tuners import get_method
 
     folder = Path(adapter_dir)
     if not (folder / CONFIG).is_file():
         raise CmeError(f"{str(folder)!r} is not an adapter folder: {CONFIG} is missing")
     fields = read_fields(folder)
-    if fields.get("method") != "teamlora":
-        raise CmeError(
-            f"the authors' layout holds TeamLoRA adapters only; {str(folder)!r} is {fields.get('method')!r}"
-        )
-    params = fields["params"]
-    if params.get("normalizer_eps") is not None:
-        raise CmeError("normalizer_eps is a cme-bench deviation the authors' layout cannot express; not exported")
-    k, r_a = int(params["num_experts"]), int(params["r_a"])
-    state = load_file(str(folder / WEIGHTS))
-    tensors: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        module, _, leaf = key.partition(".lora_")
-        prefix = AUTHORS_PREFIX + module
-        if leaf == "A.weight":
-            tensors[f"{prefix}.lora_A.weight"] = value
-        elif leaf == "B.weight":  # B_cat = [B_0 | ... | B_{k-1}], columns in slice order
-            for i, block in enumerate(torch.split(value, r_a // k, dim=1)):
-                tensors[f"{prefix}.lora_B{i}.weight"] = block.contiguous()
-        elif leaf == "route.weight":
-            tensors[f"{prefix}.lora_route.fc.weight"] = value
-        elif leaf == "interaction_matrix":
-            tensors[f"{prefix}.lora_interaction_matrix.weight"] = value
-        else:
-            raise CmeError(f"unexpected TeamLoRA tensor {key!r}")
-    config = {
-        "peft_type": "LORA",
-        "task_type": "CAUSAL_LM",
-        "base_model_name_or_path": fields.get("base_model_name_or_path") or _base_name(folder),
-        "r": r_a,  # the total rank r_A, as in the release; r_B = r / lora_nums
-        "lora_nums": k,
-        "lora_alpha": params["alpha"],
-        "lora_dropout": params["dropout"],
-        # The release's balance-loss fields (inherited from LoRAMoE); its code applies no weight.
-        "blc_alpha": 0.0,
-        "blc_weight": params.get("balance_loss_weight", 0.0),
-        "target_modules": list(fields["target_modules"]),  # exact module paths: matched by suffix, as in PEFT
-        "merge_weights": False,
-        "fan_in_fan_out": False,
-        "bias": "none",
-        "modules_to_save": None,
-        "inference_mode": True,
-    }
+    spec = get_method(str(fields.get("method")))
+    exporters = [layout for layout in spec.layouts if layout.export is not None]
+    if not exporters:
+        raise CmeError(f"method {spec.name!r} has no authors' layout to export to ({str(folder)!r})")
+    fields = {**fields, "base_model_name_or_path": fields.get("base_model_name_or_path") or _base_name(folder)}
+    tensors, config = exporters[0].export(load_file(str(folder / WEIGHTS)), fields)
 
     def build(tmp: Path) -> None:
         save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt"})

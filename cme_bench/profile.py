@@ -1,4 +1,4 @@
-"""Efficiency benchmark (issue 8): what an adapter costs to train and to run, measured side by side.
+"""Efficiency benchmark: what an adapter costs to train and to run, measured side by side.
 
 Owns the variant plan (which adapter configurations one ``cme-bench profile`` compares), the timing loops, the
 per-variant peak-memory child process, the ratio and target tables, the profile JSON (schema ``cme-bench-profile``,
@@ -40,6 +40,15 @@ import torch
 from torch import nn
 
 from cme_bench.errors import CmeError
+from cme_bench.tuners import get_method
+from cme_bench.tuners.paper import (
+    LORA_REFERENCE,
+    MOE_REFERENCE,
+    PAPER_RATIOS,
+    TARGET_EXPERTS,
+    TARGET_METHOD,
+    TARGETS,
+)
 
 log = logging.getLogger(__name__)
 
@@ -92,22 +101,19 @@ def load_preset(name: str) -> Any:
     return adapters.load_preset(name)
 
 
-def _per_expert_rank(params: dict[str, Any]) -> int | None:
-    if "r_a" in params:  # TeamLoRA: a shared A of rank r_a sliced into num_experts expert ranks r_B
-        return params["r_a"] // params["num_experts"]
-    return params.get("r")
-
-
 def make_variant(preset: Any, overrides: dict[str, Any]) -> Variant:
     """A ``Variant`` of ``preset``; overrides equal to the preset's own values are dropped, and the label is the
-    preset name plus one part per real change (``-k8``, ``-r64``, ``-fused``/``-reference``)."""
+    preset name plus one part per real change (``-k8``, ``-r64``, ``-fused``/``-reference``).
+
+    Expert count and per-expert rank are the method's to say (``MethodSpec.experts`` / ``rank``)."""
+    spec = get_method(preset.method)
     overrides = {k: v for k, v in overrides.items() if preset.params.get(k) != v}
     params = {**preset.params, **overrides}
-    k, rank = params.get("num_experts"), _per_expert_rank(params)
+    k, rank = spec.experts(params), spec.rank(params)
     parts = [preset.name]
-    if k != preset.params.get("num_experts"):
+    if k != spec.experts(preset.params):
         parts.append(f"k{k}")
-    if rank != _per_expert_rank(preset.params):
+    if rank != spec.rank(preset.params):
         parts.append(f"r{rank}")
     if "forward" in overrides:
         parts.append(overrides["forward"])
@@ -143,19 +149,24 @@ def plan_variants(
         raise CmeError(f"--forms takes {' and/or '.join(FORMS)}, got {','.join(forms) or '(nothing)'}")
     if not experts:
         return _dedupe(make_variant(p, o) for p in loaded for o in _form_overrides(p, forms))
-    out = [_rank_variant(p, rank) for p in loaded if "num_experts" not in p.params]
+    routed = {p.name: get_method(p.method).experts(p.params) is not None for p in loaded}
+    out = [_resized(p, None, rank) for p in loaded if not routed[p.name]]
     for k in experts:
         for p in loaded:
-            if "num_experts" not in p.params:
-                out.append(_rank_variant(p, k * rank))
+            if not routed[p.name]:
+                out.append(_resized(p, k, rank))
                 continue
-            size = {"num_experts": k, **({"r_a": k * rank} if "r_a" in p.params else {"r": rank})}
-            out.extend(make_variant(p, size | o) for o in _form_overrides(p, forms))
+            out.extend(make_variant(p, _size(p, k, rank) | o) for o in _form_overrides(p, forms))
     return _dedupe(out)
 
 
-def _rank_variant(preset: Any, r: int) -> Variant:
-    return make_variant(preset, {"r": r} if "r" in preset.params else {})
+def _size(preset: Any, experts: int | None, rank: int) -> dict[str, Any]:
+    """The method's overrides for ``experts`` experts of per-expert rank ``rank`` (total rank without experts)."""
+    return get_method(preset.method).resize(preset.params, experts, rank)
+
+
+def _resized(preset: Any, experts: int | None, rank: int) -> Variant:
+    return make_variant(preset, _size(preset, experts, rank))
 
 
 def _dedupe(variants: Iterable[Variant]) -> list[Variant]:
@@ -507,25 +518,6 @@ def _settings_record(loaded: Any, settings: ProfileSettings, rank: int) -> dict[
 # ----------------------------------------------------------------------------------------------------------------
 # Ratios against LoRA and MoELoRA, beside the TeamLoRA paper's figures
 
-# Published training-time and inference ratios (docs teamlora.md sections 6-7). "train_x_moelora" is TeamLoRA's time
-# over MoELoRA's at k experts; "train_x_lora" compares with LoRA at the per-expert rank (MoELoRA +62% / +138%); the
-# k = 4 entries for LoRA and HydraLoRA come from the results table (LoRA r32 25 h, r128 26 h, MoELoRA 42 h,
-# HydraLoRA 34 h, TeamLoRA 29 h). Inference: "about 40% faster" than MoELoRA, no k given.
-PAPER: dict[tuple[str, str], dict[int, float]] = {
-    ("teamlora", "train_x_moelora"): {2: 0.87, 4: 0.70, 8: 0.63},
-    ("teamlora", "train_x_lora"): {4: 29 / 25},
-    ("teamlora", "train_x_lora_same_rank"): {4: 29 / 26},
-    ("teamlora", "decode_x_moelora"): {2: 0.6, 4: 0.6, 8: 0.6},
-    ("moelora", "train_x_lora"): {4: 1.62, 8: 2.38},
-    ("moelora", "train_x_lora_same_rank"): {4: 42 / 26},
-    ("hydralora", "train_x_moelora"): {4: 34 / 42},
-    ("hydralora", "train_x_lora"): {4: 34 / 25},
-}
-
-# Issue 8's targets for TeamLoRA (CPU, SmolLM2-135M, FFN targets); the official setting is k = 4.
-TARGETS = (("train_x_moelora", 0.75), ("train_x_lora_same_rank", 1.2), ("decode_x_moelora", 0.7))
-TARGET_EXPERTS = 4
-
 
 def _ratio(row: dict[str, Any], ref: dict[str, Any] | None, key: str) -> float | None:
     if ref is None or row.get(key) is None or not ref.get(key):
@@ -540,21 +532,21 @@ def _find(rows: Sequence[dict[str, Any]], **want: Any) -> dict[str, Any] | None:
 def ratio_table(rows: Sequence[dict[str, Any]], rank: int) -> list[dict[str, Any]]:
     """One ratio row per routed variant: train step and decode time over LoRA (rank ``rank`` and the same total
     rank) and over MoELoRA's reference form with the same k and per-expert rank; paper figures beside them."""
-    lora = [r for r in rows if r["method"] == "lora"]
+    plain = [r for r in rows if r["method"] == LORA_REFERENCE]
     out = []
     for r in rows:
         if r["experts"] is None:
             continue
-        refs = {
-            "lora": _find(lora, total_rank=rank),
-            "lora_same_rank": _find(lora, total_rank=r["total_rank"]),
-            "moelora": _find(rows, method="moelora", experts=r["experts"], rank=r["rank"], form="reference"),
+        refs = {  # the reference's method names the ratio: train_x_<method>, decode_x_<method>_same_rank
+            LORA_REFERENCE: _find(plain, total_rank=rank),
+            f"{LORA_REFERENCE}_same_rank": _find(plain, total_rank=r["total_rank"]),
+            MOE_REFERENCE: _find(rows, method=MOE_REFERENCE, experts=r["experts"], rank=r["rank"], form="reference"),
         }
         item = {k: r[k] for k in ("adapter", "method", "experts", "form")}
         for name, ref in refs.items():
             item[f"train_x_{name}"] = _ratio(r, ref, "train_step_ms_median")
             item[f"decode_x_{name}"] = _ratio(r, ref, "decode_ms_per_token")
-        for (method, key), values in PAPER.items():
+        for (method, key), values in PAPER_RATIOS.items():
             if method == r["method"] and r["experts"] in values:
                 item[f"paper_{key}"] = values[r["experts"]]
         out.append(item)
@@ -562,10 +554,10 @@ def ratio_table(rows: Sequence[dict[str, Any]], rank: int) -> list[dict[str, Any
 
 
 def check_targets(ratios: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Issue 8's TeamLoRA targets for every TeamLoRA row; ``official`` marks k = 4, the setting the issue names."""
+    """The efficiency targets for every row of the target method; ``official`` marks k = 4, the targets' setting."""
     out = []
     for r in ratios:
-        if r["method"] != "teamlora":
+        if r["method"] != TARGET_METHOD:
             continue
         for key, limit in TARGETS:
             value = r.get(key)
@@ -597,10 +589,10 @@ def add_vllm_figures(doc: dict[str, Any], figures: dict[str, dict[str, Any] | No
         r = _find(rows, adapter=item["adapter"])
         if r is None:
             continue
-        moe = _find(rows, method="moelora", experts=r["experts"], rank=r["rank"], form="fused")
-        lora = _find([x for x in rows if x["method"] == "lora"], total_rank=r["total_rank"])
-        item["vllm_decode_x_moelora"] = _ratio(r, moe, "vllm_decode_ms_per_token")
-        item["vllm_decode_x_lora_same_rank"] = _ratio(r, lora, "vllm_decode_ms_per_token")
+        moe = _find(rows, method=MOE_REFERENCE, experts=r["experts"], rank=r["rank"], form="fused")
+        same_rank = _find([x for x in rows if x["method"] == LORA_REFERENCE], total_rank=r["total_rank"])
+        item[f"vllm_decode_x_{MOE_REFERENCE}"] = _ratio(r, moe, "vllm_decode_ms_per_token")
+        item[f"vllm_decode_x_{LORA_REFERENCE}_same_rank"] = _ratio(r, same_rank, "vllm_decode_ms_per_token")
     doc["settings"]["vllm"] = True
 
 

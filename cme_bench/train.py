@@ -23,7 +23,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -104,19 +104,23 @@ def collate(examples: list[dict[str, list[int]]], pad_id: int) -> dict[str, torc
 
 
 def pack_rows(lengths: list[int], width: int) -> list[list[int]]:
-    """First-fit decreasing: indices into ``lengths`` grouped into rows of at most ``width`` tokens (order kept
-    inside a row). A longer example gets a row of its own."""
-    rows: list[list[int]] = []
-    free: list[int] = []
+    """Indices into ``lengths`` grouped into as few rows of at most ``width`` tokens as their total needs, balanced.
+
+    Longest first, each example goes to the currently shortest row (a new row when even that one has no room), so
+    the rows end up of similar length and padding them to the longest wastes little: first-fit would fill the first
+    rows and leave a short last one. Order is kept inside a row.
+    """
+    rows: list[list[int]] = [[] for _ in range(max(1, math.ceil(sum(lengths) / width)))]
+    used = [0] * len(rows)
     for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
-        slot = next((r for r, room in enumerate(free) if lengths[i] <= room), None)
-        if slot is None:
-            rows.append([i])
-            free.append(width - lengths[i])
-        else:
-            rows[slot].append(i)
-            free[slot] -= lengths[i]
-    return [sorted(r) for r in rows]
+        r = min(range(len(rows)), key=used.__getitem__)
+        if used[r] and used[r] + lengths[i] > width:
+            rows.append([])
+            used.append(0)
+            r = len(rows) - 1
+        rows[r].append(i)
+        used[r] += lengths[i]
+    return [sorted(row) for row in rows if row]
 
 
 def collate_packed(examples: list[dict[str, list[int]]], pad_id: int, width: int) -> dict[str, torch.Tensor]:
@@ -353,6 +357,9 @@ def train(
     tokens, positions, seen, t0 = 0, 0, 0, time.perf_counter()
     lengths = [len(e["input_ids"]) for e in examples]
     selective = _accepts_logits_to_keep(model)
+    if cfg.packing and not _packing_confines_attention(model):
+        log.warning("this model/transformers version does not confine attention to packed examples: padding instead")
+        cfg = replace(cfg, packing=False)
     for step, mine in step_examples(len(examples), cfg, rank, world, start):
         if step >= steps:
             break
@@ -424,13 +431,42 @@ def train(
     )
 
 
+def _packing_confines_attention(model: torch.nn.Module) -> bool:
+    """Check, on two short token runs, that a packed row gives the second run the logits it gets alone.
+
+    Packed rows rely on transformers deriving per-example attention from restarting position ids (with no
+    attention mask and no cache); an attention implementation or version without that would silently let
+    examples attend to each other. Inference mode, dropout off: nothing is recorded or trained.
+    """
+    vocab = model.get_input_embeddings().weight.shape[0]
+    device = model.get_input_embeddings().weight.device
+    first, second = torch.arange(3, 8) % vocab, torch.arange(11, 15) % vocab
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            row = torch.cat([first, second]).unsqueeze(0).to(device)
+            positions = torch.cat([torch.arange(5), torch.arange(4)]).unsqueeze(0).to(device)
+            packed = model(input_ids=row, position_ids=positions, use_cache=False).logits[0, 5:].float()
+            alone = model(input_ids=second.unsqueeze(0).to(device), use_cache=False).logits[0].float()
+    finally:
+        model.train(was_training)
+    return bool(torch.allclose(packed, alone, atol=1e-3 * max(1.0, alone.abs().max().item()), rtol=1e-3))
+
+
 def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
-    """Whether the model's forward can project only selected positions onto the vocabulary (transformers' boolean
-    ``logits_to_keep``); otherwise every position's logits are computed and the loss masks them."""
+    """Whether the model's forward can project only selected positions onto the vocabulary: transformers' boolean
+    ``logits_to_keep`` (its ``slice_logits_to_keep``, in causal LMs since transformers 5.2x). Older versions and
+    other architectures take only an int or positions shared by every row; then every position's logits are
+    computed and the loss masks them."""
     import inspect
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
+    try:
+        source = inspect.getsource(type(base).forward)
+    except (OSError, TypeError):  # no source to read (compiled or dynamically built): take the safe path
+        return False
+    return "slice_logits_to_keep(" in source
 
 
 def _collate(cfg: TrainConfig, examples: list[dict[str, list[int]]], pad_id: int, selective: bool) -> dict[str, Any]:

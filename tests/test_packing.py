@@ -79,7 +79,8 @@ def test_pack_rows_places_every_example_once_within_the_width():
     rows = pack_rows(lengths, 64)
     assert sorted(i for row in rows for i in row) == list(range(len(lengths)))
     assert all(sum(lengths[i] for i in row) <= 64 for row in rows)
-    assert len(rows) == 4  # 64 | 60 | 50+10 (or +5) | 30+20+... : first-fit decreasing
+    assert len(rows) == 4  # ceil(239 / 64) rows, balanced: 64 | 60 | 50+5 | 30+20+10
+    assert sorted(sum(lengths[i] for i in row) for row in rows) == [55, 60, 60, 64]
 
 
 def test_packed_layout_restarts_positions_and_masks_each_first_label(examples, tiny_llama):
@@ -95,7 +96,7 @@ def test_packed_layout_restarts_positions_and_masks_each_first_label(examples, t
     assert int((batch["segments"] >= 0).sum()) == sum(len(e["input_ids"]) for e in examples)
 
 
-@pytest.mark.parametrize("method", ["lora", "teamlora", "mixlora", "loramoe"])
+@pytest.mark.parametrize("method", ["lora", "teamlora", "mixlora", "loramoe", "comol", "mola"])
 def test_packed_step_equals_padded_step(method: str, examples, tiny_llama):
     model = _adapted(tiny_llama, method)
     pad = tiny_llama[1].pad_token_id
@@ -157,3 +158,25 @@ def test_token_budget_micro_batches_keep_the_gradient(examples, tiny_llama):
 def test_a_step_larger_than_the_data_is_an_error_not_a_hang():
     with pytest.raises(CmeError, match="fewer than one optimiser step"):
         next(step_examples(16, TrainConfig(batch_size=64, max_steps=2), 0, 1))
+
+
+def test_a_model_that_ignores_restarting_positions_is_trained_padded(tiny_llama, tmp_path):
+    """If attention is not confined to packed examples (here: a forward that always passes an attention mask, which
+    turns off transformers' packed-sequence detection), training must pad instead of mixing examples."""
+    from cme_bench.train import _packing_confines_attention, train
+
+    model, tok = copy.deepcopy(tiny_llama[0]), tiny_llama[1]
+    assert _packing_confines_attention(model)
+
+    plain_forward = type(model).forward
+
+    def leaky_forward(self, input_ids=None, attention_mask=None, **kwargs):
+        mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+        return plain_forward(self, input_ids=input_ids, attention_mask=mask, **kwargs)
+
+    model.__class__ = type("LeakyLlama", (type(model),), {"forward": leaky_forward})
+    assert not _packing_confines_attention(model)
+    model = adapters.apply_adapter(model, adapters.load_preset("lora"), total_steps=2, seed=0)
+    recs = [{"prompt": f"q{i} " * (i + 2), "target": f"a{i}"} for i in range(4)]
+    result = train(model, tok, recs, TrainConfig(max_steps=2, batch_size=2, checkpoint_every=0), out_dir=tmp_path)
+    assert result.packing is False and result.steps == 2

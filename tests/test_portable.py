@@ -182,7 +182,7 @@ def test_export_to_the_authors_layout_and_back_is_exact(tmp_path: Path, cache: P
 def test_export_refuses_what_the_authors_layout_cannot_hold(tmp_path: Path, cache: Path, capsys):
     _, folder = _saved("lora", tmp_path / "ad")
     assert main(["adapters", "export", str(folder), "--layout", "authors", "--out", str(tmp_path / "x")]) == 2
-    assert "TeamLoRA adapters only" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    assert "has no authors' layout to export to" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
 # ---------------------------------------------------------------------------------------------------------------

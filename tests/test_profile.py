@@ -52,8 +52,9 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def tiny_profile() -> dict:
-    """One in-process profile of LoRA, MoELoRA and TeamLoRA at k = 2 (both forms), rank 4, without memory children."""
-    variants = profile.plan_variants(["lora", "moelora", "teamlora"], experts=[2], rank=4)
+    """One in-process profile of LoRA and the routed methods (MoELoRA, TeamLoRA, CoMoL, MoLA) at k = 2 (both forms),
+    rank 4, without memory children."""
+    variants = profile.plan_variants(["lora", "moelora", "teamlora", "comol", "mola"], experts=[2], rank=4)
     return profile.run_profile(load_model("tiny-llama"), variants, FAST, rank=4)
 
 
@@ -81,6 +82,16 @@ def test_plan_labels_and_equal_parameter_sizes():
         assert plan[label].total_rank == 64
 
 
+def test_plan_sizes_come_from_the_method():
+    """Expert count, per-expert rank and the resize for a k sweep are each method's own (MoLA: the largest layer)."""
+    shipped = profile.plan_variants(["mola"], forms=["reference"])
+    assert [(v.label, v.experts, v.rank, v.total_rank) for v in shipped] == [("mola", 8, 8, 64)]
+    plan = {v.label: v for v in profile.plan_variants(["comol", "mola", "smora"], experts=[4], rank=8)}
+    assert plan["mola-k4-fused"].overrides == {"expert_allocation": [4], "forward": "fused"}
+    assert plan["comol-k4-r8"].overrides == {"num_experts": 4, "r": 8} and plan["comol-k4-r8"].total_rank == 32
+    assert plan["smora-r32"].experts is None and plan["smora-r8"].overrides == {"r": 8}
+
+
 def test_plan_without_experts_runs_presets_as_shipped():
     plan = profile.plan_variants(["lora", "teamlora"], forms=["fused"])
     assert [(v.label, v.overrides) for v in plan] == [("lora", {}), ("teamlora", {})]
@@ -95,6 +106,10 @@ def test_profile_produces_every_column(tiny_profile):
         "moelora-k2-r4-fused",
         "teamlora-k2-r4-reference",
         "teamlora-k2-r4",
+        "comol-k2-r4",
+        "comol-k2-r4-fused",
+        "mola-k2-r4",
+        "mola-k2-r4-fused",
     }
     for row in rows:
         assert set(row) == ROW_KEYS
@@ -111,6 +126,8 @@ def test_profile_produces_every_column(tiny_profile):
 
 def test_ratios_and_targets_cover_teamlora(tiny_profile):
     ratios = {r["adapter"]: r for r in tiny_profile["ratios"]}
+    for label in ("comol-k2-r4", "mola-k2-r4-fused"):  # every routed row is compared with LoRA and MoELoRA
+        assert ratios[label]["experts"] == 2 and ratios[label]["train_x_moelora"] is not None
     assert ratios["moelora-k2-r4"]["train_x_moelora"] == pytest.approx(1.0)
     team = ratios["teamlora-k2-r4"]
     assert team["paper_train_x_moelora"] == 0.87
@@ -155,7 +172,7 @@ def test_cli_json_round_trips_and_loads_in_the_reporter(tmp_path, capsys):
     argv += ["--batch", "1", "--seq-len", "16", "--new-tokens", "3", "--repeats", "1", "--infer-repeats", "1"]
     assert main([*argv, "--json", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "train ms" in printed and "decode/MoELoRA" in printed and "issue 8 targets" in printed
+    assert "train ms" in printed and "decode/MoELoRA" in printed and "efficiency targets" in printed
     doc = json.loads(out.read_text())
     assert doc["schema"] == "cme-bench-profile" and doc["version"] == 1 and doc["model"] == "tiny-llama"
     assert {"batch", "seq_len", "prompt_len", "new_tokens", "repeats", "device", "threads"} <= set(doc["settings"])

@@ -15,22 +15,25 @@ from cme_bench import adapters
 from cme_bench.errors import CmeError
 from cme_bench.models import architecture_info, build_tiny_llama
 from cme_bench.tuners import TUNERS, get_method
+from cme_bench.tuners.base import Site
+from cme_bench.tuners.comol import CoMoLLayer, core_orthogonality
 from cme_bench.tuners.hydralora import HydraLoraLayer
 from cme_bench.tuners.mixlora import MixLoraBlock, switch_balance_loss
 from cme_bench.tuners.moelora import MoeLoraLayer, cv_squared, localized_balance_loss
+from cme_bench.tuners.mola import layer_experts
 from cme_bench.tuners.moslora import MosLoraLayer
 from cme_bench.tuners.multilora import MultiLoraLayer
 from cme_bench.tuners.smora import SmoraLayer
 
 EXPECTED_METHODS = {"lora", "dora", "adalora", "moslora", "multilora", "moelora", "hydralora", "loramoe", "mixlora"}
-EXPECTED_METHODS |= {"smora", "teamlora"}
+EXPECTED_METHODS |= {"smora", "teamlora", "comol", "mola"}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def build(cls, method: str, base: nn.Module, **params):
-    return cls(base, get_method(method).validate({"dropout": 0.0, **params}))
+def build(cls, method: str, base: nn.Module, site: Site | None = None, **params):
+    return cls(base, get_method(method).validate({"dropout": 0.0, **params}), site)
 
 
 def zero_base(d_in: int, d_out: int) -> nn.Linear:
@@ -234,6 +237,146 @@ def test_smora_gates_and_closed_form():
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# CoMoL
+
+
+def released_comol(x, a, cores, router, b, scaling, core_routing=True):
+    """Our reading of the released layer (``LinearMoCoreLoraLayer.forward``, eval mode), token by token: softmax router
+    on A x (or on x), the cores weighted by it and summed, the row vector A x times that r x r matrix, B, scaling."""
+    out = []
+    for xt in x.reshape(-1, x.shape[-1]):
+        z = a @ xt
+        g = torch.softmax(router @ (z if core_routing else xt), dim=-1)
+        merged = sum(g[e] * cores[e] for e in range(cores.shape[0]))
+        out.append((b @ (z.unsqueeze(0) @ merged).squeeze(0)) * scaling)
+    return torch.stack(out).reshape(*x.shape[:-1], b.shape[0])
+
+
+def test_comol_closed_form():
+    """r = 1, 2 cores [[2]] and [[4]], zero router (g = [1/2, 1/2]): C = 3, delta = s B (3 A x)."""
+    layer = build(CoMoLLayer, "comol", zero_base(2, 2), r=1, num_experts=2, alpha=2.0)  # s = 2
+    with torch.no_grad():
+        layer.lora_router.weight.zero_()
+        layer.lora_A.weight.copy_(torch.tensor([[1.0, 1.0]]))
+        layer.lora_cores.copy_(torch.tensor([[[2.0]], [[4.0]]]))
+        layer.lora_B.weight.copy_(torch.tensor([[1.0], [-1.0]]))
+    out = layer(torch.tensor([[1.0, 2.0]]))  # A x = 3; 3 * C = 9; s B = [2, -2]
+    torch.testing.assert_close(out, torch.tensor([[18.0, -18.0]]))
+    assert layer.last_load.tolist() == [0.5, 0.5]
+
+
+@pytest.mark.parametrize("router_input", ["core", "input"])
+@pytest.mark.parametrize("forward", ["reference", "fused"])
+def test_comol_matches_the_released_layer(router_input, forward):
+    layer = build(
+        CoMoLLayer, "comol", nn.Linear(12, 20), r=4, num_experts=3, alpha=8.0, router_input=router_input,
+        forward=forward,
+    )  # fmt: skip
+    randomise(layer, seed=4)
+    x = torch.randn(2, 5, 12, generator=torch.Generator().manual_seed(0))
+    want = layer.base_layer(x) + released_comol(
+        x, layer.lora_A.weight, layer.lora_cores, layer.lora_router.weight, layer.lora_B.weight, 2.0,
+        core_routing=router_input == "core",
+    )  # fmt: skip
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), want, rtol=1e-5, atol=1e-5)
+    assert tuple(layer.lora_router.weight.shape) == ((3, 4) if router_input == "core" else (3, 12))
+
+
+def test_comol_fused_equals_reference():
+    ref = build(CoMoLLayer, "comol", nn.Linear(12, 20), r=4, num_experts=3, forward="reference")
+    assert_forward_paths_agree(ref, (3, 5, 12), seed=1)
+
+
+def test_comol_init_and_core_loss():
+    layer = build(CoMoLLayer, "comol", nn.Linear(16, 8), r=4, num_experts=3)
+    assert torch.count_nonzero(layer.lora_B.weight) == 0 and torch.all(layer.lora_cores.abs() <= 0.5)
+    # each core drawn on its own (kaiming, a = sqrt 5)
+    assert len({float(c.detach().norm()) for c in layer.lora_cores}) == 3
+    # orthogonal cores -> 0; two equal cores -> their pair counts 1 (of E (E - 1) = 2 ordered pairs)
+    eye = torch.eye(2)
+    assert float(core_orthogonality(torch.stack([eye, torch.tensor([[0.0, 1.0], [1.0, 0.0]])]))) == 0.0
+    assert float(core_orthogonality(torch.stack([eye, eye]))) == pytest.approx(1.0, abs=1e-6)
+    params = {"r": 2, "num_experts": 3, "use_core_loss": True, "core_loss_weight": 0.1}
+    model = adapters.apply_adapter(
+        build_tiny_llama(seed=0)[0], adapters.preset_from_dict({"method": "comol", "params": params}, name="c")
+    )
+    model(torch.randint(0, 100, (2, 5)))
+    layers = adapters.adapter_layers(model)
+    expected = 0.1 * sum(float(core_orthogonality(layer.lora_cores)) for _, layer in layers)
+    assert float(adapters.aux_loss(model).detach()) == pytest.approx(expected, rel=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# MoLA
+
+
+def test_mola_layer_wise_expert_counts():
+    """The released 2-4-6-8 over 32 layers; four groups over 2 layers take groups 0 and 2; one count is uniform."""
+    released = [2, 4, 6, 8]
+    counts = [layer_experts(released, Site(f"model.layers.{i}.mlp.up_proj", i, 32)) for i in range(32)]
+    assert counts == [2] * 8 + [4] * 8 + [6] * 8 + [8] * 8
+    assert [layer_experts(released, Site("", i, 2)) for i in range(2)] == [2, 6]
+    assert layer_experts([5], Site()) == 5
+    with pytest.raises(CmeError, match="numbered decoder layer"):
+        layer_experts(released, Site("lm_head"))
+    model = adapters.apply_adapter(build_tiny_llama(seed=0)[0], "mola", seed=0)
+    experts = {path: layer.num_experts for path, layer in adapters.adapter_layers(model)}
+    assert experts == {f"model.layers.{i}.mlp.{p}": (2, 6)[i] for i in range(2) for p in ("gate_proj", "up_proj",
+                       "down_proj")}  # fmt: skip
+
+
+def test_mola_strict_load_checks_each_layers_expert_count(tmp_path):
+    """A saved MoLA adapter reloads bit for bit; claiming another allocation is refused by shape, layer by layer."""
+    import json
+
+    preset = adapters.preset_from_dict({"method": "mola", "params": {"r": 2, "expert_allocation": [2, 3]}}, name="m")
+    base = build_tiny_llama(seed=0)[0]
+    info = architecture_info(base)
+    model = adapters.apply_adapter(base, preset, seed=0)
+    randomise(model, seed=1)
+    ids = torch.randint(0, 100, (2, 6), generator=torch.Generator().manual_seed(0))
+    folder = adapters.save_adapter(model, tmp_path / "mola", base_info=info)
+    loaded = adapters.load_adapter(build_tiny_llama(seed=0)[0], folder)
+    assert torch.equal(loaded(ids).logits, model(ids).logits)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    config["params"]["expert_allocation"] = [2, 4]
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(CmeError, match=r"wrong shapes.*layers\.1"):
+        adapters.load_adapter(build_tiny_llama(seed=0)[0], folder)
+
+
+def test_new_methods_label_their_fused_deviations():
+    for method in ("comol", "mola"):
+        spec = get_method(method)
+        assert spec.deviations_for(spec.validate({"forward": "fused", "dropout": 0.1}))
+        assert not spec.deviations_for(spec.validate({"forward": "fused", "dropout": 0.0}))
+        assert not spec.deviations_for(spec.validate({"forward": "reference", "dropout": 0.1}))
+
+
+def test_mola_closed_form_top_2_of_3():
+    """3 experts of rank 1 on a zero base; router logits [ln 3, ln 1, -inf-ish]: the top 2 are experts 0 and 1 with
+    weights 3/4 and 1/4 (renormalised), expert 2 contributes nothing."""
+    site = Site("model.layers.0.mlp.up_proj", 0, 1)
+    layer = build(get_method("mola").build_layer, "mola", zero_base(1, 1), site, r=1, expert_allocation=[3], alpha=1.0)
+    with torch.no_grad():
+        layer.lora_route.weight.copy_(torch.tensor([[math.log(3.0)], [0.0], [-20.0]]))
+        for e, (a, b) in enumerate([(1.0, 2.0), (1.0, 4.0), (1.0, 100.0)]):
+            layer.lora_A[e].weight.fill_(a)
+            layer.lora_B[e].weight.fill_(b)
+    out = layer(torch.tensor([[1.0]]))  # x = 1: logits [ln 3, 0, -20]
+    torch.testing.assert_close(out, torch.tensor([[0.75 * 2.0 + 0.25 * 4.0]]))
+    assert layer.last_load.tolist() == pytest.approx([0.75, 0.25, 0.0])
+
+
+def test_mola_fused_equals_reference():
+    site = Site("model.layers.3.mlp.up_proj", 3, 4)
+    ref = build(get_method("mola").build_layer, "mola", nn.Linear(12, 20), site, r=4, forward="reference")
+    assert ref.num_experts == 8
+    assert_forward_paths_agree(ref, (3, 5, 12), seed=1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # PEFT-backed
 
 
@@ -332,14 +475,23 @@ ROUTED_CASES = [
     ("hydralora", {"r": 4, "num_experts": 3, "forward": "fused"}),
     ("smora", {"r": 8, "activate_r": 3}),
     ("mixlora", {"r": 2, "num_experts": 4, "top_k": 2}),
+    ("comol", {"r": 4, "num_experts": 3, "forward": "reference", "use_core_loss": True, "core_loss_weight": 0.1}),
+    ("comol", {"r": 4, "num_experts": 3, "forward": "fused", "use_core_loss": True, "core_loss_weight": 0.1}),
+    ("mola", {"r": 2, "expert_allocation": [2, 4], "forward": "reference"}),
+    ("mola", {"r": 2, "expert_allocation": [2, 4], "forward": "fused"}),
 ]
-WITH_AUX = {"teamlora", "loramoe", "mixlora"}
+WITH_AUX = {"teamlora", "loramoe", "mixlora", "comol"}
+
+
+def test_every_routed_method_has_a_bookkeeping_case():
+    assert {m for m, _ in ROUTED_CASES} == {n for n in TUNERS.names() if get_method(n).routed}
 
 
 def routed_layer(method: str, params: dict, dropout: float) -> nn.Module:
     spec = get_method(method)
     base = build_tiny_llama(seed=0)[0].model.layers[0].mlp if spec.scope == "mlp" else nn.Linear(64, 20)
-    layer = spec.build_layer(base, spec.validate({**params, "dropout": dropout}))
+    site = Site("model.layers.1.mlp.up_proj", 1, 2)  # MoLA: the second half of the layers (4 experts here)
+    layer = spec.build_layer(base, spec.validate({**params, "dropout": dropout}), site)
     randomise(layer, seed=3)
     return layer
 

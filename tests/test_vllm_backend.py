@@ -1,7 +1,8 @@
 """The vLLM backend's pure-torch parts, in the main environment (no vLLM needed):
 
-- ``routed.RoutedDelta`` (the math our vLLM model adds inside each projection) equals the training layers in
-  ``cme_bench/tuners`` for every routed method served on vLLM, on a saved-and-reloaded adapter;
+- ``routed.RoutedDelta`` / ``RoutedBlock`` (which run each method's ``MethodSpec.vllm`` math inside vLLM's
+  projections) equal the training layers in ``cme_bench/tuners`` for every routed method, on a saved-and-reloaded
+  adapter;
 - the exact LoRA conversions of MoSLoRA and MultiLoRA reproduce the adapted model's logits;
 - the serving plan and the "vLLM is not installed" message.
 The engine-level token parity lives in tests/vllm (``make test-vllm``).
@@ -16,17 +17,30 @@ import torch
 
 from cme_bench.adapters import apply_adapter, load_adapter, preset_from_dict, save_adapter
 from cme_bench.models import architecture_info, build_tiny_llama
+from cme_bench.tuners import TUNERS, get_method
 
+# One case per routed per-linear method (a method may add a second case for another serving form).
 ROUTED = {
     "teamlora": {"r_a": 8, "num_experts": 4, "alpha": 16, "dropout": 0.0},
     "moelora": {"r": 4, "num_experts": 3, "alpha": 8, "dropout": 0.0},
     "loramoe": {"r": 2, "num_experts": 4, "alpha": 8, "dropout": 0.0},
     "hydralora": {"r": 4, "num_experts": 3, "alpha": 8, "dropout": 0.0},
     "smora": {"r": 8, "activate_r": 3, "alpha": 8, "dropout": 0.0},
+    "comol": {"r": 4, "num_experts": 3, "alpha": 8, "dropout": 0.0},
+    "comol-input": {"r": 4, "num_experts": 3, "alpha": 8, "dropout": 0.0, "router_input": "input"},
+    "mola": {"r": 2, "expert_allocation": [2, 3], "top_k": 2, "alpha": 8, "dropout": 0.0},
 }
+BLOCK = {"mixlora": {"r": 4, "num_experts": 4, "top_k": 2, "alpha": 8, "dropout": 0.0}}
 
 
-def _adapted(method: str, params: dict, tmp_path: Path, seed: int = 0):
+def test_every_routed_method_is_covered():
+    """A new routed method must join these parity tests (and tests/vllm's, which use the same table)."""
+    routed = {n for n in TUNERS.names() if get_method(n).serving == "routed"}
+    assert {case.split("-")[0] for case in ROUTED} | set(BLOCK) == routed
+
+
+def _adapted(case: str, params: dict, tmp_path: Path, seed: int = 0):
+    method = case.split("-")[0]
     base, tok = build_tiny_llama(seed=0)
     info = architecture_info(base)  # before injection: the fingerprint covers the weights
     model = apply_adapter(base, preset_from_dict({"method": method, "params": params}, name=method), seed=seed)
@@ -37,45 +51,43 @@ def _adapted(method: str, params: dict, tmp_path: Path, seed: int = 0):
                 t.normal_(0.0, 0.3)
             elif "biases" in name:
                 t.uniform_(-0.05, 0.05)  # a trained SMoRA carries non-zero biases: they must be served too
-    out = save_adapter(model, tmp_path / method, base_info=info)
+    out = save_adapter(model, tmp_path / case, base_info=info)
     return model.eval(), tok, out
 
 
-@pytest.mark.parametrize("method", sorted(ROUTED))
-def test_routed_delta_matches_tuner_layers(method: str, tmp_path: Path) -> None:
-    from safetensors.torch import load_file
+@pytest.mark.parametrize("case", sorted(ROUTED))
+def test_routed_delta_matches_tuner_layers(case: str, tmp_path: Path) -> None:
+    from cme_bench.vllm_backend.routed import RoutedDelta, group_by_module, routed_adapter
 
-    from cme_bench.vllm_backend.routed import RoutedDelta, group_by_module, load_routed_adapter
-
-    model, _, folder = _adapted(method, ROUTED[method], tmp_path)
-    adapter = load_routed_adapter(folder)
-    groups = group_by_module(load_file(str(adapter.weights_file)))
+    model, _, folder = _adapted(case, ROUTED[case], tmp_path)
+    adapter, spec = routed_adapter(folder)
+    groups = group_by_module(adapter.state())
     assert groups, "no adapted projection found in the file"
     # Each projection on inputs of its own width; tolerance covers the stacked [A; router] matmul's rounding.
     for (layer, part, name), leaves in groups.items():
         module = model.get_submodule(f"model.layers.{layer}.{part}.{name}")
         base = module.base_layer
         xin = torch.randn(5, base.in_features, generator=torch.Generator().manual_seed(1))
-        delta = RoutedDelta(method, adapter.params, base.in_features, base.out_features, torch.float32)
+        delta = RoutedDelta(spec.vllm, adapter.params, base.in_features, base.out_features, torch.float32)
         delta.load(leaves)
         with torch.no_grad():
             torch.testing.assert_close(base(xin) + delta(xin), module(xin), rtol=1e-4, atol=1e-4)
 
 
-def test_mixlora_ffn_matches_tuner_block(tmp_path: Path) -> None:
-    from safetensors.torch import load_file
+@pytest.mark.parametrize("case", sorted(BLOCK))
+def test_routed_block_matches_tuner_block(case: str, tmp_path: Path) -> None:
+    import torch.nn.functional as F
 
-    from cme_bench.vllm_backend.routed import MixLoraFFN, group_by_block, load_routed_adapter
+    from cme_bench.vllm_backend.routed import RoutedBlock, group_by_block, routed_adapter
 
-    params = {"r": 4, "num_experts": 4, "top_k": 2, "alpha": 8, "dropout": 0.0}
-    model, _, folder = _adapted("mixlora", params, tmp_path)
-    adapter = load_routed_adapter(folder)
-    blocks = group_by_block(load_file(str(adapter.weights_file)))
+    model, _, folder = _adapted(case, BLOCK[case], tmp_path)
+    adapter, spec = routed_adapter(folder)
+    blocks = group_by_block(adapter.state())
     assert sorted(blocks) == [0, 1]
     for idx, leaves in blocks.items():
         block = model.get_submodule(f"model.layers.{idx}.mlp")
         mlp = block.base_layer
-        ffn = MixLoraFFN(adapter.params, mlp.gate_proj.in_features, mlp.gate_proj.out_features, torch.float32)
+        ffn = RoutedBlock(spec.vllm, adapter.params, F.silu, torch.float32)
         ffn.load(leaves)
         x = torch.randn(9, mlp.gate_proj.in_features, generator=torch.Generator().manual_seed(idx))
         with torch.no_grad():
@@ -86,8 +98,8 @@ def test_mixlora_ffn_matches_tuner_block(tmp_path: Path) -> None:
 def test_packed_delta_adds_per_slice() -> None:
     from cme_bench.vllm_backend.routed import PackedDelta, RoutedDelta
 
-    params = ROUTED["teamlora"]
-    d = RoutedDelta("teamlora", params, 16, 6, torch.float32)
+    params = get_method("teamlora").validate(ROUTED["teamlora"])
+    d = RoutedDelta(get_method("teamlora").vllm, params, 16, 6, torch.float32)
     d.load(
         {
             "lora_A.weight": torch.randn(8, 16),
@@ -199,9 +211,9 @@ def test_teamlora_authors_layout_is_served_routed(tmp_path: Path, monkeypatch: p
     """A checkpoint in the TeamLoRA release's layout is re-saved in ours and served by the routed model."""
     import json
 
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
-    from cme_bench.vllm_backend.routed import RoutedDelta, group_by_module, load_routed_adapter
+    from cme_bench.vllm_backend.routed import RoutedDelta, group_by_module, routed_adapter
     from cme_bench.vllm_backend.serving import plan
 
     monkeypatch.setenv("CME_BENCH_CACHE", str(tmp_path / "cache"))
@@ -231,11 +243,12 @@ def test_teamlora_authors_layout_is_served_routed(tmp_path: Path, monkeypatch: p
 
     p = plan(tmp_path, authors)
     assert p.kind == "routed" and p.method == "teamlora"
-    adapter = load_routed_adapter(p.adapter_dir)
-    groups = group_by_module(load_file(str(adapter.weights_file)))
+    assert p.adapter_dir == authors.resolve()  # served from the authors' folder itself, no converted copy
+    adapter, spec = routed_adapter(p.adapter_dir)
+    groups = group_by_module(adapter.state())
     assert len(groups) == 4
     leaves = groups[(0, "mlp", "gate_proj")]
-    delta = RoutedDelta("teamlora", adapter.params, d, inter, torch.float32)
+    delta = RoutedDelta(spec.vllm, adapter.params, d, inter, torch.float32)
     delta.load(leaves)
     # The HF layer built by cme_bench.adapters from the same authors' folder gives the same update.
     base, _ = build_tiny_llama(seed=0)

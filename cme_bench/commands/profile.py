@@ -1,4 +1,4 @@
-"""`cme-bench profile`: the efficiency benchmark (issue 8): parse flags, run ``cme_bench.profile``, print its tables
+"""`cme-bench profile`: the efficiency benchmark: parse flags, run ``cme_bench.profile``, print its tables
 and write the profile JSON. Measuring lives in ``cme_bench.profile``; this module only parses and prints."""
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def render(doc: dict[str, Any]) -> str:
-    """The three tables: figures per variant, ratios beside the paper's, and issue 8's TeamLoRA targets."""
+    """The three tables: figures per variant, ratios beside the paper's, and the TeamLoRA efficiency targets."""
     parts = [_header(doc), _figures(doc["rows"]), _ratios(doc["ratios"]), _targets(doc["targets"])]
     if doc["settings"].get("vllm"):
         parts.insert(3, _vllm(doc))
@@ -249,7 +249,7 @@ def _vllm(doc: dict[str, Any]) -> str:
 def _targets(targets: list[dict[str, Any]]) -> str:
     if not targets:
         return "targets: no TeamLoRA row to check"
-    lines = ["issue 8 targets for TeamLoRA (official at k = 4):"]
+    lines = ["efficiency targets for TeamLoRA (official at k = 4):"]
     for t in sorted(targets, key=lambda t: (not t["official"], t["experts"], t["form"], t["ratio"])):
         verdict = "n/a " if t["met"] is None else ("MET " if t["met"] else "MISS")
         where = f"{t['adapter']} (k={t['experts']}, {t['form']})"

@@ -222,7 +222,7 @@ PROFILE_SHAPE_FIELDS = frozenset({"experts", "rank", "total_rank", "seed", "batc
 def load_profiles(results: Path) -> dict[tuple[str, str], dict[str, float]]:
     """Cost rows from ``results/**/profile*.json`` keyed by (model, adapter); top-level numeric fields only.
 
-    Accepted shapes (kept loose on purpose, the profiler of issue 8 owns the format): a list of rows, or an object
+    Accepted shapes (kept loose on purpose, ``cme_bench.profile`` owns the format): a list of rows, or an object
     with a ``rows`` list. A row has ``model`` and ``adapter`` (its label) and optionally ``preset``/``method``; it is
     found under its label (an exact label always wins), and under its preset or method where exactly one row has that
     preset or method (a preset profiled in several forms or ranks is ambiguous, so only its labels match).

@@ -3,10 +3,11 @@
 Each entry is a lazy ``"module:attr"`` target resolving to a ``MethodSpec`` (see ``tuners.base``). PEFT-backed
 methods (lora, dora, adalora) live together in ``peft_methods``; every other method has its own module.
 
-Adding a method: write ``cme_bench/tuners/<name>.py`` exposing ``METHOD = MethodSpec(...)`` (a layer class whose
-adapter tensors are named ``lora_*``, which mixes in ``AdapterLayerMixin`` and starts with its ``init_adapter``;
-shared defaults, checks and weight builders are functions in ``tuners.base``), add one ``register`` line below,
-a preset ``adapters/<name>.yaml``, and closed-form tests in ``tests/``.
+Adding a method (docs/ARCHITECTURE.md, "How to add a method"): write ``cme_bench/tuners/<name>.py`` with the math as
+functions of tensors, a layer class that calls them (mixing in ``AdapterLayerMixin``, starting with its
+``init_adapter``, adapter tensors named ``lora_*``) and ``METHOD = MethodSpec(...)`` (everything generic code asks:
+serving kind and the function vLLM calls, step hook, aux loss, deviations, expert count); add one ``register`` line
+below, a preset ``adapters/<name>.yaml``, and tests. No other module changes.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ TUNERS.register("loramoe", "cme_bench.tuners.loramoe:METHOD")
 TUNERS.register("mixlora", "cme_bench.tuners.mixlora:METHOD")
 TUNERS.register("smora", "cme_bench.tuners.smora:METHOD")
 TUNERS.register("teamlora", "cme_bench.tuners.teamlora:METHOD")
+TUNERS.register("comol", "cme_bench.tuners.comol:METHOD")
+TUNERS.register("mola", "cme_bench.tuners.mola:METHOD")
 
 
 def get_method(name: str) -> MethodSpec:

@@ -1,7 +1,7 @@
 """Shared pieces of the tuners: the method description, default and validation helpers, target matching, layer
 injection, adapter-weight construction, and the small per-layer bookkeeping that native layers share.
 
-Tuners share helper *functions* and one small mixin, not a deep class hierarchy (docs/style.md habit 7). Every
+Tuners share helper *functions* and one small mixin, not a deep class hierarchy. Every
 trainable or saved adapter tensor is named with a ``lora_`` prefix, as in PEFT and the TeamLoRA release, so
 ``adapters.adapter_state`` can pick them out of a model's state dict by name alone.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,9 +25,95 @@ FFN_TARGETS = ["gate_proj", "up_proj", "down_proj"]
 FORWARD_MODES = ("reference", "fused")
 
 
+Tensors = Mapping[str, torch.Tensor]
+Params = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where a native layer is injected, so a method can vary by layer (as PEFT's ``rank_pattern`` does).
+
+    ``path`` is the module path in the base model; ``layer`` the decoder-layer index read from it (``layers.<i>``),
+    ``num_layers`` the model's decoder depth; both None when unknown.
+    """
+
+    path: str = ""
+    layer: int | None = None
+    num_layers: int | None = None
+
+
+_LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)(?:\.|$)")
+
+
+def site_of(path: str, num_layers: int | None) -> Site:
+    """The ``Site`` of the module at ``path`` in a model with ``num_layers`` decoder layers."""
+    m = _LAYER_INDEX.search(path)
+    return Site(path, int(m.group(1)) if m else None, num_layers)
+
+
+@dataclass(frozen=True)
+class LinearServing:
+    """How a routed per-linear method is served inside vLLM: ``delta(x) = mix(A x, R x) @ B^T``.
+
+    ``pack(leaves, params)`` turns one adapted linear's saved tensors (its ``lora_*`` leaves, keyed as in the adapter
+    file) into ``{"A": [rank, d_in], "B": [d_out, m], "route": [n, d_in] (optional), **extras}``; vLLM stacks A and
+    the router into one input matmul. ``mix(a_out, logits, tensors, params)`` returns ``(u, routing)``: ``u`` is what
+    the output matrix B multiplies, ``routing`` what a training layer records. The method's own fused training path
+    calls the same ``mix``, so the two cannot drift apart.
+    """
+
+    pack: Callable[[Tensors, Params], dict[str, torch.Tensor]]
+    mix: Callable[..., tuple[torch.Tensor, Any]]
+    eager: bool = False  # True when the math has data-dependent shapes (no torch.compile / CUDA graphs)
+
+
+@dataclass(frozen=True)
+class BlockServing:
+    """How a routed FFN-block method (``scope="mlp"``) is served inside vLLM.
+
+    ``pack(leaves, params)`` gives the block's tensors; ``forward(x, gate_up, down, act, tensors, params)`` the block
+    output from vLLM's fused ``gate_up`` projection output, its frozen ``down`` projection and activation ``act``.
+    """
+
+    pack: Callable[[Tensors, Params], dict[str, torch.Tensor]]
+    forward: Callable[..., torch.Tensor]
+    eager: bool = True  # a top-k expert loop over gathered tokens has data-dependent shapes
+
+
+@dataclass(frozen=True)
+class ForeignLayout:
+    """A checkpoint layout released by a method's authors, read by ``checkpoint.read_adapter``.
+
+    ``detect(config)`` recognises its ``adapter_config.json``; ``params(config)`` translates it to this method's
+    hyperparameters (``target_modules`` included); ``state(tensors, params)`` renames its tensors to ours (strict:
+    unknown keys raise). ``export(tensors, fields)``, where the layout can be written back, is the inverse: our
+    tensors and saved fields (``method``, ``params``, ``target_modules``, ...) to ``(tensors, adapter_config)`` in
+    the authors' layout.
+    """
+
+    name: str
+    detect: Callable[[Params], bool]
+    params: Callable[[Params], dict[str, Any]]
+    state: Callable[[Tensors, Params], dict[str, torch.Tensor]]
+    export: Callable[[Tensors, Params], tuple[dict[str, torch.Tensor], dict[str, Any]]] | None = None
+
+
+def _no_experts(params: Params) -> int | None:
+    return None
+
+
+def _rank_r(params: Params) -> int | None:
+    return params.get("r")
+
+
+def _resize_r(params: Params, experts: int | None, rank: int) -> dict[str, Any]:
+    """Profile overrides for ``experts`` experts of rank ``rank``; a method without experts gets total rank."""
+    return {"r": rank * (experts or 1)} if "r" in params else {}
+
+
 @dataclass(frozen=True)
 class MethodSpec:
-    """What cme-bench knows about one adapter method.
+    """What cme-bench knows about one adapter method: everything generic code asks, so none compares names.
 
     Args:
         name: registry key = preset ``method`` = module name = test id.
@@ -36,10 +122,23 @@ class MethodSpec:
         routed: whether the adapter output depends on per-token routing weights.
         mergeable: whether the adapter folds exactly into the base weights.
         backend: ``"native"`` (layers in this package) or ``"peft"`` (built through PEFT itself).
-        build_layer: for native methods, ``(module, params) -> wrapper module`` injected in place of ``module``.
+        build_layer: for native methods, ``(module, params, site) -> wrapper module`` injected in place of
+            ``module``; ``site`` (a ``Site``) names the module's path and decoder layer (per-layer settings).
         scope: ``"linear"`` (targets are ``nn.Linear``) or ``"mlp"`` (targets are FFN blocks, MixLoRA).
         aux_weight_key: the hyperparameter holding the auxiliary-loss weight, if the method has one.
         check: extra validation returning a list of problems.
+        serving: how vLLM serves it: ``"lora"`` (a PEFT LoRA by request; native methods convert with ``to_lora``),
+            ``"merged"`` (merged into the base weights), ``"routed"`` (our vLLM model calls ``vllm``), or None.
+        vllm: for ``serving="routed"``, the ``LinearServing`` / ``BlockServing`` our vLLM model calls.
+        to_lora: for native ``serving="lora"`` methods, ``(leaves, params) -> (A, B, rank, alpha)``, exact.
+        step_hook: ``(model, step)`` after every backward, before ``zero_grad`` (AdaLoRA's rank allocation).
+        deviations: ``params -> [labelled departures from the released code these params switch on]``.
+        info: ``params -> extra adapter_info fields`` (AdaLoRA's rank budget).
+        experts: ``params -> expert count`` (the largest, when it varies by layer); None for unrouted methods.
+        rank: ``params -> per-expert rank`` (LoRA: r); the profile's rank column.
+        resize: ``(params, experts, rank) -> overrides`` giving that size (the profile's equal-parameter plans).
+        layouts: checkpoint layouts of the authors' releases that load as this method.
+        paper: ``(title, arXiv id)`` of the method's paper, cited by the adapter's model card.
     """
 
     name: str
@@ -48,11 +147,22 @@ class MethodSpec:
     routed: bool
     mergeable: bool
     backend: str = "native"
-    build_layer: Callable[[nn.Module, dict[str, Any]], nn.Module] | None = None
+    build_layer: Callable[..., nn.Module] | None = None
     scope: str = "linear"
     aux_weight_key: str | None = None
     check: Callable[[dict[str, Any]], list[str]] | None = None
     notes: list[str] = field(default_factory=list)
+    serving: str | None = None
+    vllm: LinearServing | BlockServing | None = None
+    to_lora: Callable[[Tensors, Params], tuple[torch.Tensor, torch.Tensor, int, float]] | None = None
+    step_hook: Callable[[nn.Module, int], None] | None = None
+    deviations: Callable[[Params], list[str]] | None = None
+    info: Callable[[Params], dict[str, Any]] | None = None
+    experts: Callable[[Params], int | None] = _no_experts
+    rank: Callable[[Params], int | None] = _rank_r
+    resize: Callable[[Params, int | None, int], dict[str, Any]] = _resize_r
+    layouts: tuple[ForeignLayout, ...] = ()
+    paper: tuple[str, str] | None = None
 
     def validate(self, params: dict[str, Any], where: str = "adapter preset") -> dict[str, Any]:
         """Defaults overlaid with ``params``; every problem (unknown key, bad value) is reported at once."""
@@ -65,6 +175,44 @@ class MethodSpec:
             raise ConfigError(problems, where=where)
         merged["target_modules"] = normalise_targets(merged.get("target_modules"))
         return merged
+
+    def deviations_for(self, params: Params) -> list[str]:
+        """The labelled deviations ``params`` switch on (``[]`` for a method without any)."""
+        return self.deviations(params) if self.deviations is not None else []
+
+
+def experts_key(params: Params) -> int | None:
+    """``params["num_experts"]``: the expert count of every method that names it so."""
+    return params["num_experts"]
+
+
+def resize_experts(params: Params, experts: int | None, rank: int) -> dict[str, Any]:
+    """Profile overrides for ``experts`` experts of per-expert rank ``rank`` (``num_experts`` and ``r``)."""
+    return {"num_experts": experts, "r": rank} if experts is not None else {}
+
+
+def routed_method(**fields: Any) -> MethodSpec:
+    """A token-routed method: not mergeable, served routed by vLLM, ``num_experts`` experts (unless ``fields`` say
+    otherwise)."""
+    defaults = {
+        "routed": True,
+        "mergeable": False,
+        "serving": "routed",
+        "experts": experts_key,
+        "resize": resize_experts,
+    }
+    return MethodSpec(**{**defaults, **fields})
+
+
+def fused_dropout_deviation(name: str) -> Callable[[Params], list[str]]:
+    """The deviation of a fused form that shares one dropout mask over x where the release draws one per expert."""
+
+    def deviations(params: Params) -> list[str]:
+        if params.get("forward") == "fused" and params["dropout"]:
+            return [f"{name} fused form shares one dropout mask across experts (release: one per expert)"]
+        return []
+
+    return deviations
 
 
 def method_defaults(first: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -144,12 +292,14 @@ def find_targets(model: nn.Module, targets: list[str], kind: type[nn.Module] | t
     return found
 
 
-def inject(model: nn.Module, paths: list[str], build: Callable[[nn.Module], nn.Module]) -> None:
-    """Replace each module at ``paths`` by ``build(module)`` in its parent, in place."""
+def inject(model: nn.Module, paths: list[str], build: Callable[[nn.Module, Site], nn.Module]) -> None:
+    """Replace each module at ``paths`` by ``build(module, site)`` in its parent, in place."""
+    config = getattr(model, "config", None)
+    num_layers = getattr(config, "num_hidden_layers", None)
     for path in paths:
         parent_path, _, child = path.rpartition(".")
         parent = model.get_submodule(parent_path) if parent_path else model
-        setattr(parent, child, build(getattr(parent, child)))
+        setattr(parent, child, build(getattr(parent, child), site_of(path, num_layers)))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -242,13 +392,15 @@ class AdapterLayerMixin:
         self.load_sum, self.load_count = None, 0
 
     def init_adapter(self, base: nn.Module, params: dict[str, Any], scale_rank: int) -> None:
-        """The start every native layer shares: bookkeeping, the frozen ``base_layer``, ``scaling = alpha /
-        scale_rank`` and ``lora_dropout``.
+        """The start every native layer shares: bookkeeping, ``params``, ``fused`` (the ``forward`` parameter), the
+        frozen ``base_layer``, ``scaling = alpha / scale_rank`` and ``lora_dropout``.
 
         Call it before creating any ``lora_*`` weight: the submodule order (base, dropout, adapter weights) fixes the
         parameter order and, with a seed, which random numbers each weight's init draws.
         """
         self.init_bookkeeping()
+        self.params = params
+        self.fused = params.get("forward") == "fused"
         self.base_layer = base
         self.scaling = float(params["alpha"]) / scale_rank
         self.lora_dropout = make_dropout(float(params["dropout"]))
@@ -261,6 +413,12 @@ def base_forward(base: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def softmax_route(router: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """Dense per-token softmax routing weights ``[..., E]``, computed in fp32 as the released routers do."""
     return F.softmax(router(x).float(), dim=-1)
+
+
+def top_k_renormalised(probs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(weights, indices)`` of each token's ``k`` largest router probabilities, weights renormalised to sum 1."""
+    top_w, top_i = probs.topk(k, dim=-1)
+    return top_w / top_w.sum(dim=-1, keepdim=True), top_i
 
 
 def mix_experts(w: torch.Tensor, outputs: Iterable[torch.Tensor]) -> torch.Tensor:
@@ -279,6 +437,40 @@ def mix_experts(w: torch.Tensor, outputs: Iterable[torch.Tensor]) -> torch.Tenso
 def add_delta(result: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     """Add an adapter delta computed in the adapter dtype to the base output, keeping the base dtype."""
     return result + delta.to(result.dtype)
+
+
+def identity(x: torch.Tensor) -> torch.Tensor:
+    """The dropout of a forward without dropout (inference, vLLM)."""
+    return x
+
+
+def leaf(leaves: Tensors, name: str) -> torch.Tensor:
+    """One saved tensor of an adapted module (``lora_A.weight``); CmeError naming what is there when missing."""
+    if name not in leaves:
+        raise CmeError(f"adapter tensor {name!r} missing; found {sorted(leaves)}")
+    return leaves[name]
+
+
+def stack_leaves(leaves: Tensors, stem: str, dim: int) -> torch.Tensor:
+    """``<stem>.0.weight``, ``<stem>.1.weight``, ... (an ``nn.ModuleList`` of factors) concatenated along ``dim``."""
+    parts = {}
+    for name, t in leaves.items():
+        m = re.fullmatch(re.escape(stem) + r"\.(\d+)\.weight", name)
+        if m:
+            parts[int(m.group(1))] = t
+    if not parts or sorted(parts) != list(range(len(parts))):
+        raise CmeError(f"expected {stem}.0.weight, {stem}.1.weight, ... in the adapter, found {sorted(leaves)}")
+    return torch.cat([parts[i] for i in range(len(parts))], dim=dim)
+
+
+def lora_scaling(p: Params, rank_key: str = "r") -> float:
+    """``alpha / p[rank_key]``: LoRA's scaling over the rank each expert (or the shared pair) has."""
+    return float(p["alpha"]) / int(p[rank_key])
+
+
+def per_expert(w: torch.Tensor, rank: int, z: torch.Tensor) -> torch.Tensor:
+    """``repeat_interleave(w, rank) * z``: expert i's weight on its ``rank`` columns of ``z`` (``[..., E * rank]``)."""
+    return w.to(z.dtype).repeat_interleave(rank, dim=-1) * z
 
 
 def describe(layer: nn.Module, **extra: Any) -> str:

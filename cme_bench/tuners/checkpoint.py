@@ -1,5 +1,6 @@
-"""Adapter checkpoint helpers: the on-disk format, layout detection, strict key/shape checks, the base-model check,
-and the atomic folder write. ``cme_bench.adapters`` builds save/load on these; nothing here unpickles.
+"""The adapter format's one reader and its helpers: ``read_adapter`` (config, layout detection, tensors mapped to our
+keys), strict key/shape checks, the base-model check and the atomic folder write. Every backend reads adapters
+through ``read_adapter``: ``cme_bench.adapters`` (HF) and the vLLM serving plan and model. Nothing here unpickles.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import logging
 import os
 import shutil
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ FORMAT = "cme-bench-adapter"
 FORMAT_VERSION = 1
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
+SIDECAR_NAME = "cme_bench.json"  # cme-bench's fields beside a PEFT adapter_config.json
 BASE_FIELDS = ("architecture", "model_type", "hidden_size", "num_layers", "vocab_size")
 
 
@@ -79,12 +82,81 @@ def replace_dir(tmp: Path, out_dir: Path) -> None:
         os.replace(tmp, out_dir)
 
 
+@dataclass(frozen=True)
+class AdapterFile:
+    """A saved adapter folder, read once: what it is and where its tensors are.
+
+    ``layout`` is ``"cme-bench"``, ``"peft"`` or the name of an authors' layout (``ForeignLayout``) a method
+    declares; ``params`` are the method's hyperparameters (``{}`` for a PEFT adapter saved by another tool);
+    ``state()`` loads the tensors keyed as ``cme_bench.adapters.adapter_state`` names them.
+    """
+
+    folder: Path
+    layout: str
+    method: str
+    preset: str
+    params: dict[str, Any]
+    target_modules: list[str]
+    base_model: dict[str, Any] | None
+    config: dict[str, Any]
+    weights: Path
+    foreign: Any = None  # the ForeignLayout that maps the tensors, for an authors' layout
+
+    def state(self) -> dict[str, torch.Tensor]:
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(self.weights))
+        return self.foreign.state(tensors, self.params) if self.foreign is not None else tensors
+
+
+def read_adapter(adapter_dir: str | Path) -> AdapterFile:
+    """Read ``adapter_dir`` in any supported layout (ours, PEFT's, an authors' release); CmeError otherwise."""
+    folder, config, weights = read_adapter_config(adapter_dir)
+    layout = detect_layout(config)
+    if layout == "cme-bench":
+        return AdapterFile(
+            folder, layout, config["method"], config["preset"], dict(config["params"]),
+            list(config["target_modules"]), config.get("base_model"), config, weights,
+        )  # fmt: skip
+    if layout == "peft":
+        # cme-bench's fields: the sidecar file, or (folders saved before it existed) the "cme_bench" key of the config.
+        sidecar = folder / SIDECAR_NAME
+        cme = json.loads(sidecar.read_text()) if sidecar.is_file() else config.get("cme_bench") or {}
+        targets = cme.get("target_modules") or targets_from_peft(config.get("target_modules"))
+        method = cme.get("method") or peft_method(config)
+        return AdapterFile(
+            folder, layout, method, cme.get("preset", folder.name), dict(cme.get("params") or {}), list(targets),
+            cme.get("base_model"), config, weights,
+        )  # fmt: skip
+    spec, foreign = _foreign_layouts()[layout]
+    params = spec.validate(foreign.params(config), where=str(folder / CONFIG_NAME))
+    log.info("detected the %s checkpoint layout in %s", layout, folder)
+    return AdapterFile(
+        folder, layout, spec.name, layout, params, params["target_modules"], None, config, weights, foreign
+    )
+
+
+def _foreign_layouts() -> dict[str, tuple[Any, Any]]:
+    """``{layout name: (MethodSpec, ForeignLayout)}`` over every registered method."""
+    from cme_bench.tuners import TUNERS
+
+    out = {}
+    for name in TUNERS.names():
+        spec = TUNERS.get(name)
+        out.update({layout.name: (spec, layout) for layout in spec.layouts})
+    return out
+
+
 def read_adapter_config(adapter_dir: str | Path) -> tuple[Path, dict[str, Any], Path]:
     """``(folder, adapter_config.json contents, weights path)``; refuses pickled weights."""
     folder = Path(adapter_dir).expanduser()
     config_path = folder / CONFIG_NAME
     if not config_path.is_file():
         raise CmeError(f"{str(folder)!r} is not an adapter folder: {CONFIG_NAME} is missing")
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CmeError(f"{config_path} is not valid JSON: {exc}") from exc
     weights = folder / WEIGHTS_NAME
     if not weights.is_file():
         pickled = [p.name for p in folder.glob("*.bin")] + [p.name for p in folder.glob("*.pt")]
@@ -92,15 +164,17 @@ def read_adapter_config(adapter_dir: str | Path) -> tuple[Path, dict[str, Any], 
             f" ({', '.join(pickled)} found: convert it to safetensors; cme-bench never unpickles)" if pickled else ""
         )
         raise CmeError(f"{str(folder)!r} has no {WEIGHTS_NAME}{hint}")
-    return folder, json.loads(config_path.read_text()), weights
+    return folder, config, weights
 
 
 def detect_layout(config: dict[str, Any]) -> str:
-    """``"cme-bench"``, ``"teamlora-authors"`` (PEFT-style LoRA config with ``lora_nums``) or ``"peft"``."""
+    """``"cme-bench"``, the name of an authors' layout a method declares (checked before PEFT's: the TeamLoRA
+    release writes a PEFT-style config), or ``"peft"``."""
     if config.get("format") == FORMAT:
         return "cme-bench"
-    if "peft_type" in config and config.get("lora_nums"):
-        return "teamlora-authors"
+    for name, (_, layout) in _foreign_layouts().items():
+        if layout.detect(config):
+            return name
     if "peft_type" in config:
         return "peft"
     raise CmeError(f"unrecognised adapter_config.json (keys: {', '.join(sorted(config))})")

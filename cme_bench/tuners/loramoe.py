@@ -11,8 +11,22 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from cme_bench.tuners.base import MethodSpec, check_non_negative, method_defaults
-from cme_bench.tuners.moelora import MoeLoraLayer
+from cme_bench.tuners.base import (
+    LinearServing,
+    Params,
+    check_non_negative,
+    fused_dropout_deviation,
+    method_defaults,
+    routed_method,
+)
+from cme_bench.tuners.moelora import MoeLoraLayer, mix, pack
+
+
+def _deviations(p: Params) -> list[str]:
+    out = fused_dropout_deviation("loramoe")(p)
+    if p.get("blc_weight"):
+        out.append("loramoe L_lbc without task types set (set_task_types) reduces to a plain CV^2 balance")
+    return out
 
 
 def _check(p: dict[str, Any]) -> list[str]:
@@ -24,14 +38,15 @@ def _check(p: dict[str, Any]) -> list[str]:
     return problems
 
 
-METHOD = MethodSpec(
+METHOD = routed_method(
     name="loramoe",
+    paper=("LoRAMoE: Alleviate World Knowledge Forgetting in LLMs via MoE-Style Plugin", "2312.09979"),
     description="LoRAMoE: dense token-routed LoRA experts with the localized balancing loss (off by default) (routed)",
     defaults=method_defaults({"r": 4, "num_experts": 8}, forward="reference", blc_weight=0.0, blc_alpha=0.0),
-    routed=True,
-    mergeable=False,
-    build_layer=functools.partial(MoeLoraLayer, method="loramoe"),
+    build_layer=functools.partial(MoeLoraLayer, method="loramoe", with_aux=True),
     aux_weight_key="blc_weight",
     check=_check,
+    vllm=LinearServing(pack=pack, mix=mix),
+    deviations=_deviations,
     notes=["released script: blc_weight = blc_alpha = 0"],
 )

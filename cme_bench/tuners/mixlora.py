@@ -9,7 +9,7 @@ f_e the fraction of tokens whose top-k contains e and P_e the mean router probab
 Implementation notes:
 - Targets are FFN blocks exposing ``gate_proj``, ``up_proj``, ``down_proj`` and ``act_fn`` (Llama, Qwen2, Mistral).
 - The frozen down_proj is applied once to the gate-weighted sum of expert activations (exact by linearity) instead
-  of once per selected expert as the release does (docs/baselines.md §8 pitfall).
+  of once per selected expert as the release does.
 - Deviations: only the FFN experts are built (the template also puts one plain LoRA on q, k, v, o; combine with a
   separate run if needed); padding is not masked out of the balance loss (the MLP never sees the attention mask);
   router jitter is not implemented (its default is 0).
@@ -21,17 +21,25 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cme_bench.errors import CmeError
 from cme_bench.tuners.base import (
     AdapterLayerMixin,
-    MethodSpec,
+    BlockServing,
+    Params,
+    Site,
+    Tensors,
     check_non_negative,
     check_not_above,
+    leaf,
+    lora_scaling,
     new_linear,
     new_linears,
+    routed_method,
     softmax_route,
+    top_k_renormalised,
 )
 from cme_bench.tuners.tokens import real_mask
 
@@ -43,7 +51,7 @@ class MixLoraBlock(nn.Module, AdapterLayerMixin):
 
     method = "mixlora"
 
-    def __init__(self, mlp: nn.Module, params: dict[str, Any]) -> None:
+    def __init__(self, mlp: nn.Module, params: dict[str, Any], site: Site | None = None) -> None:
         super().__init__()
         missing = [n for n in ("gate_proj", "up_proj", "down_proj", "act_fn") if not hasattr(mlp, n)]
         if missing:
@@ -68,8 +76,7 @@ class MixLoraBlock(nn.Module, AdapterLayerMixin):
     def route(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Router probabilities ``[N, E]``, and the renormalised top-k weights and indices ``[N, k]``."""
         probs = softmax_route(self.lora_route, flat)
-        top_w, top_i = probs.topk(self.top_k, dim=-1)
-        return probs, top_w / top_w.sum(dim=-1, keepdim=True), top_i
+        return (probs, *top_k_renormalised(probs, self.top_k))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -121,6 +128,38 @@ def mix_experts_ffn(
     return hidden_sum, delta
 
 
+def pack(leaves: Tensors, p: Params) -> dict[str, torch.Tensor]:
+    """The block's saved tensors stacked per projection: ``<proj>_A`` ``[E, r, d_in]``, ``<proj>_B`` ``[E, d_out, r]``,
+    and the router ``[E, hidden]``."""
+    out = {"route": leaf(leaves, "lora_route.weight")}
+    for proj in PROJECTIONS:
+        for side in ("A", "B"):
+            parts = [leaf(leaves, f"lora_{proj}_{side}.{i}.weight") for i in range(int(p["num_experts"]))]
+            out[f"{proj}_{side}"] = torch.stack(parts)
+    return out
+
+
+def block_forward(
+    x: torch.Tensor, gate_up: torch.Tensor, down: Callable[[torch.Tensor], torch.Tensor],
+    act: Callable[[torch.Tensor], torch.Tensor], t: Tensors, p: Params,
+) -> torch.Tensor:  # fmt: skip
+    """The block output from tokens ``x`` ``[N, hidden]`` and the fused ``[gate | up]`` base projections (vLLM's
+    ``gate_up_proj``), with the same routing and expert loop as ``MixLoraBlock.forward``."""
+    xa = x.to(t["route"].dtype)
+    top_w, top_i = top_k_renormalised(F.softmax(F.linear(xa, t["route"]).float(), dim=-1), int(p["top_k"]))
+    scaling = lora_scaling(p)
+
+    def lora(proj: str, e: int, h: torch.Tensor) -> torch.Tensor:
+        return F.linear(F.linear(h, t[f"{proj}_A"][e]), t[f"{proj}_B"][e]) * scaling
+
+    inter = gate_up.shape[-1] // 2
+    hidden_sum, delta = mix_experts_ffn(
+        xa, top_w, top_i, gate_up[..., :inter], gate_up[..., inter:], lora, act, int(p["num_experts"]),
+        t["down_B"].shape[1],
+    )  # fmt: skip
+    return down(hidden_sum) + delta.to(hidden_sum.dtype)
+
+
 def switch_balance_loss(probs: torch.Tensor, top_i: torch.Tensor, num_experts: int) -> torch.Tensor:
     """``E * sum_e f_e * P_e``: f_e = (tokens with e in their top-k) / tokens, P_e = mean router probability.
 
@@ -140,8 +179,9 @@ def _check(p: dict[str, Any]) -> list[str]:
     return check_not_above(p, "top_k", "num_experts") + check_non_negative(p, "aux_loss_weight")
 
 
-METHOD = MethodSpec(
+METHOD = routed_method(
     name="mixlora",
+    paper=("MixLoRA: Enhancing LLMs Fine-Tuning with LoRA-based Mixture of Experts", "2404.15159"),
     description="MixLoRA: top-k sparse FFN experts (frozen FFN + per-expert LoRA) with load-balance loss (routed)",
     defaults={
         "r": 16,
@@ -152,11 +192,13 @@ METHOD = MethodSpec(
         "aux_loss_weight": 0.001,
         "target_modules": ["mlp"],
     },
-    routed=True,
-    mergeable=False,
     scope="mlp",
     build_layer=MixLoraBlock,
     aux_weight_key="aux_loss_weight",
     check=_check,
+    vllm=BlockServing(pack=pack, forward=block_forward),
+    deviations=lambda p: [
+        "mixlora: FFN experts only (template also adds LoRA on q,k,v,o); balance loss includes padding"
+    ],
     notes=["FFN experts only (no attention LoRA)", "balance loss includes padding positions"],
 )

@@ -11,7 +11,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from cme_bench.tuners.base import AdapterLayerMixin, MethodSpec, add_delta, describe, method_defaults, new_linear
+from cme_bench.tuners.base import (
+    AdapterLayerMixin,
+    MethodSpec,
+    Params,
+    Site,
+    Tensors,
+    add_delta,
+    describe,
+    leaf,
+    method_defaults,
+    new_linear,
+)
 
 
 class MosLoraLayer(nn.Module, AdapterLayerMixin):
@@ -19,7 +30,7 @@ class MosLoraLayer(nn.Module, AdapterLayerMixin):
 
     method = "moslora"
 
-    def __init__(self, base: nn.Linear, params: dict[str, Any]) -> None:
+    def __init__(self, base: nn.Linear, params: dict[str, Any], site: Site | None = None) -> None:
         super().__init__()
         self.r = int(params["r"])
         self.init_adapter(base, params, self.r)
@@ -40,11 +51,20 @@ class MosLoraLayer(nn.Module, AdapterLayerMixin):
         return self.scaling * self.lora_B.weight @ self.lora_M.weight @ self.lora_A.weight
 
 
+def to_lora(leaves: Tensors, p: Params) -> tuple[torch.Tensor, torch.Tensor, int, float]:
+    """The exact plain LoRA: ``s B M A`` with ``s = alpha / r`` is ``B' = B M`` on the same A, rank and alpha."""
+    b = leaf(leaves, "lora_B.weight").double() @ leaf(leaves, "lora_M.weight").double()
+    return leaf(leaves, "lora_A.weight"), b, int(p["r"]), float(p["alpha"])
+
+
 METHOD = MethodSpec(
     name="moslora",
+    paper=("Mixture-of-Subspaces in Low-Rank Adaptation", "2406.11909"),
     description="MoSLoRA: LoRA with a learnable r x r subspace mixer (mergeable)",
     defaults=method_defaults({"r": 32}),
     routed=False,
     mergeable=True,
     build_layer=MosLoraLayer,
+    serving="lora",
+    to_lora=to_lora,
 )

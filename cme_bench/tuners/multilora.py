@@ -12,7 +12,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from cme_bench.tuners.base import AdapterLayerMixin, MethodSpec, add_delta, describe, method_defaults, new_linears
+from cme_bench.tuners.base import (
+    AdapterLayerMixin,
+    MethodSpec,
+    Params,
+    Site,
+    Tensors,
+    add_delta,
+    describe,
+    leaf,
+    method_defaults,
+    new_linears,
+)
 
 
 class MultiLoraLayer(nn.Module, AdapterLayerMixin):
@@ -20,7 +31,7 @@ class MultiLoraLayer(nn.Module, AdapterLayerMixin):
 
     method = "multilora"
 
-    def __init__(self, base: nn.Linear, params: dict[str, Any]) -> None:
+    def __init__(self, base: nn.Linear, params: dict[str, Any], site: Site | None = None) -> None:
         super().__init__()
         self.r = int(params["r"])
         self.n = int(params["num_adapters"])
@@ -47,11 +58,24 @@ class MultiLoraLayer(nn.Module, AdapterLayerMixin):
         return self.scaling * torch.stack(terms).sum(0)
 
 
+def to_lora(leaves: Tensors, p: Params) -> tuple[torch.Tensor, torch.Tensor, int, float]:
+    """The exact plain LoRA: ``s sum_i diag(s_i) B_i A_i = (n alpha / (n r)) [diag(s_i) B_i] [A_i]``, i.e.
+    ``A' = [A_i]``, ``B' = [diag(s_i) B_i]`` of rank ``n r`` with alpha ``n alpha``."""
+    n = int(p["num_adapters"])
+    scale = leaf(leaves, "lora_scale")
+    a = torch.cat([leaf(leaves, f"lora_A.{i}.weight") for i in range(n)], dim=0)
+    b = torch.cat([scale[i].unsqueeze(1) * leaf(leaves, f"lora_B.{i}.weight") for i in range(n)], dim=1)
+    return a, b, n * int(p["r"]), n * float(p["alpha"])
+
+
 METHOD = MethodSpec(
     name="multilora",
+    paper=("MultiLoRA: Democratizing LoRA for Better Multi-Task Learning", "2311.11501"),
     description="MultiLoRA: n parallel LoRAs with learnable per-channel scales (mergeable)",
     defaults=method_defaults({"r": 32, "num_adapters": 3}),
     routed=False,
     mergeable=True,
     build_layer=MultiLoraLayer,
+    serving="lora",
+    to_lora=to_lora,
 )

@@ -1,5 +1,6 @@
-"""The TeamLoRA paper's parameter-share table and its base model's shape (teamlora.md §7-§8), for
-``cme-bench adapters count --compare-paper``.
+"""The TeamLoRA paper's published figures (arXiv 2408.09856): its parameter-share table and base model's shape, for
+``cme-bench adapters count --compare-paper``, and its efficiency comparison (which methods the profile's ratios
+divide by, the published ratios and the targets), for ``cme-bench profile``.
 """
 
 from __future__ import annotations
@@ -32,3 +33,29 @@ def paper_base_config() -> Any:
         tie_word_embeddings=False,
         architectures=["LlamaForCausalLM"],
     )
+
+
+# The efficiency comparison of the paper: every ratio divides by LoRA (at the per-expert rank and at the same total
+# rank) or by MoELoRA (same k and per-expert rank); the targets are about TeamLoRA.
+LORA_REFERENCE = "lora"
+MOE_REFERENCE = "moelora"
+TARGET_METHOD = "teamlora"
+
+# Published training-time and inference ratios. "train_x_moelora" is TeamLoRA's time over MoELoRA's at k experts;
+# "train_x_lora" compares with LoRA at the per-expert rank (MoELoRA +62% / +138%); the k = 4 entries for LoRA and
+# HydraLoRA come from the results table (LoRA r32 25 h, r128 26 h, MoELoRA 42 h, HydraLoRA 34 h, TeamLoRA 29 h).
+# Inference: "about 40% faster" than MoELoRA, no k given.
+PAPER_RATIOS: dict[tuple[str, str], dict[int, float]] = {
+    ("teamlora", "train_x_moelora"): {2: 0.87, 4: 0.70, 8: 0.63},
+    ("teamlora", "train_x_lora"): {4: 29 / 25},
+    ("teamlora", "train_x_lora_same_rank"): {4: 29 / 26},
+    ("teamlora", "decode_x_moelora"): {2: 0.6, 4: 0.6, 8: 0.6},
+    ("moelora", "train_x_lora"): {4: 1.62, 8: 2.38},
+    ("moelora", "train_x_lora_same_rank"): {4: 42 / 26},
+    ("hydralora", "train_x_moelora"): {4: 34 / 42},
+    ("hydralora", "train_x_lora"): {4: 34 / 25},
+}
+
+# cme-bench's efficiency targets for TeamLoRA (CPU, SmolLM2-135M, FFN targets); the official setting is k = 4.
+TARGETS = (("train_x_moelora", 0.75), ("train_x_lora_same_rank", 1.2), ("decode_x_moelora", 0.7))
+TARGET_EXPERTS = 4

@@ -9,13 +9,10 @@ loss by PEFT's own forward, so ``adapters.aux_loss`` returns None for it (adding
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from cme_bench.errors import CmeError
-from cme_bench.tuners.base import MethodSpec, check_not_above, method_defaults
-
-Check = Callable[[dict[str, Any]], list[str]]
+from cme_bench.tuners.base import MethodSpec, Params, check_not_above, method_defaults
 
 
 def peft_targets(targets: list[str]) -> list[str] | str:
@@ -67,7 +64,7 @@ def _check_adalora(p: dict[str, Any]) -> list[str]:
     return problems
 
 
-def _peft_spec(name: str, description: str, first: dict[str, Any], check: Check | None = None) -> MethodSpec:
+def _peft_spec(name: str, description: str, first: dict[str, Any], serving: str, **extra: Any) -> MethodSpec:
     """A PEFT-backed method: never routed, always mergeable, built by PEFT (see ``build_peft_config``)."""
     return MethodSpec(
         name=name,
@@ -76,13 +73,37 @@ def _peft_spec(name: str, description: str, first: dict[str, Any], check: Check 
         routed=False,
         mergeable=True,
         backend="peft",
-        check=check,
+        serving=serving,
+        **extra,
     )
 
 
+def _adalora_step(model: Any, step: int) -> None:
+    """AdaLoRA's ``update_and_allocate``: after backward (it reads the gradients), before ``zero_grad``."""
+    model.base_model.update_and_allocate(step)
+
+
+def _adalora_budget(p: Params) -> dict[str, Any]:
+    """Pruned ranks are masked, not removed: stored parameters stay at init_r."""
+    return {"budget": {"stored_rank": p["init_r"], "target_rank": p["target_r"]}}
+
+
 # LoRA and DoRA share PEFT's LoraConfig and its hyperparameters; DoRA only sets use_dora.
-LORA = _peft_spec("lora", "LoRA through PEFT (mergeable; vLLM-servable)", {"r": 32, "use_rslora": False})
-DORA = _peft_spec("dora", "DoRA through PEFT (use_dora; mergeable into full weights)", {"r": 32, "use_rslora": False})
+# vLLM serves LoRA by request; it rejects DoRA and does not know AdaLoRA, so those two are served merged.
+LORA = _peft_spec(
+    "lora",
+    "LoRA through PEFT (mergeable; vLLM-servable)",
+    {"r": 32, "use_rslora": False},
+    "lora",
+    paper=("LoRA: Low-Rank Adaptation of Large Language Models", "2106.09685"),
+)
+DORA = _peft_spec(
+    "dora",
+    "DoRA through PEFT (use_dora; mergeable into full weights)",
+    {"r": 32, "use_rslora": False},
+    "merged",
+    paper=("DoRA: Weight-Decomposed Low-Rank Adaptation", "2402.09353"),
+)
 
 ADALORA = _peft_spec(
     "adalora",
@@ -97,5 +118,9 @@ ADALORA = _peft_spec(
         "beta2": 0.85,
         "orth_reg_weight": 0.5,
     },
+    serving="merged",
     check=_check_adalora,
+    step_hook=_adalora_step,
+    info=_adalora_budget,
+    paper=("AdaLoRA: Adaptive Budget Allocation for Parameter-Efficient Fine-Tuning", "2303.10512"),
 )

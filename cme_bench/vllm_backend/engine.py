@@ -5,9 +5,10 @@ call uses. ``Engine.lm`` is lm-eval's own ``vllm`` model class (same task config
 as ``--model vllm``), given our already-built engine and LoRA request (``CmeVLLM``); evaluation itself is the shared
 per-task loop (``cme_bench.evaluate.run_tasks``) through the backend seam (``backend.py``).
 
-Process rules (ecosystem.md (b)): a script that builds an engine keeps an ``if __name__ == "__main__":`` guard: with
-vLLM's multi-process layout (``VLLM_ENABLE_V1_MULTIPROCESSING=1``; on a GPU) the CPU platform starts processes with
-``spawn``, which re-imports the main module. On CPU engines run in-process by default (``_env.py``), one at a time.
+Process rules (docs/VLLM.md, "The vLLM environment on CPU"): a script that builds an engine keeps an
+``if __name__ == "__main__":`` guard: with vLLM's multi-process layout (``VLLM_ENABLE_V1_MULTIPROCESSING=1``; on a
+GPU) the CPU platform starts processes with ``spawn``, which re-imports the main module. On CPU engines run
+in-process by default (``_env.py``), one at a time.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from typing import Any
 
 from cme_bench.errors import CmeError
 from cme_bench.vllm_backend.check import require_vllm
-from cme_bench.vllm_backend.routed import BLOCK_METHODS
 from cme_bench.vllm_backend.serving import ServingPlan, lora_rank_limit
 
 log = logging.getLogger(__name__)
@@ -51,8 +51,8 @@ class Engine:
         dtype: default: the HF backend's (``models.default_dtype``): fp32 on CPU, bf16 on a CUDA device that supports
             it. Not vLLM's ``"auto"``, which downcasts fp32 checkpoints: parity with HF needs the same dtype.
         enforce_eager: skip torch.compile and CUDA graphs. Default: eager on CPU (start-up is much shorter and LoRA
-            disables compilation there anyway) and for MixLoRA (its expert loop has data-dependent shapes); compiled
-            with CUDA graphs on a GPU otherwise.
+            disables compilation there anyway) and for plans with data-dependent shapes (``ServingPlan.eager``);
+            compiled with CUDA graphs on a GPU otherwise.
         llm_kwargs: passed to ``vllm.LLM`` unchanged.
     """
 
@@ -81,7 +81,7 @@ class Engine:
         if enforce_eager is None:
             from cme_bench.vllm_backend._env import cuda_available
 
-            enforce_eager = not cuda_available() or any(p.method in BLOCK_METHODS for p in plans)
+            enforce_eager = not cuda_available() or any(p.eager for p in plans)
         self.model_dir = first.model_dir
         if dtype is None:
             from cme_bench.vllm_backend._env import cuda_available

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
-from safetensors.torch import load_file
+import torch.nn.functional as F
 from torch import nn
 from vllm.config import VllmConfig
 from vllm.distributed import get_pp_group, get_tensor_model_parallel_world_size
@@ -26,14 +26,12 @@ from vllm.model_executor.models.llama import LlamaForCausalLM
 from cme_bench.errors import CmeError
 from cme_bench.vllm_backend.plugin import ROUTED_ARCHITECTURE
 from cme_bench.vllm_backend.routed import (
-    BLOCK_METHODS,
-    LINEAR_METHODS,
-    MixLoraFFN,
     PackedDelta,
+    RoutedBlock,
     RoutedDelta,
     group_by_block,
     group_by_module,
-    load_routed_adapter,
+    routed_adapter,
 )
 
 
@@ -43,7 +41,7 @@ def _adapter_dtype(model_dtype: torch.dtype) -> torch.dtype:
 
 
 class CmeRoutedLlamaForCausalLM(LlamaForCausalLM):
-    """Llama + a routed adapter (TeamLoRA, MoELoRA, LoRAMoE, HydraLoRA, SMoRA, MixLoRA) from a cme-bench folder."""
+    """Llama + a routed adapter from a cme-bench (or an authors') folder, with its method's ``MethodSpec.vllm``."""
 
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "", **kwargs) -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix, **kwargs)
@@ -53,41 +51,38 @@ class CmeRoutedLlamaForCausalLM(LlamaForCausalLM):
             raise CmeError(f"{ROUTED_ARCHITECTURE} needs hf_overrides={{'cme_adapter': <adapter folder>}}")
         if get_tensor_model_parallel_world_size() != 1:
             raise CmeError("routed adapters are served with tensor_parallel_size=1 only")
-        self.cme_adapter = load_routed_adapter(path)
+        self.cme_adapter, self.cme_spec = routed_adapter(path)
         dtype = _adapter_dtype(vllm_config.model_config.dtype)
-        # Shapes only: the file's tensor names tell which projections are targeted (metadata read, no data).
-        from safetensors import safe_open
-
-        with safe_open(str(self.cme_adapter.weights_file), framework="pt") as f:
-            keys = {k: None for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+        # The tensors (mapped to our keys by the format's one reader) tell which modules are targeted; they are
+        # copied into the deltas by ``load_weights``, after the base weights, and dropped then.
+        self._cme_state: dict[str, torch.Tensor] | None = self.cme_adapter.state()
         self.cme_deltas = nn.ModuleDict()
         self._cme_slots: dict[tuple[int, str, str], RoutedDelta] = {}
-        self._cme_blocks: dict[int, MixLoraFFN] = {}
-        if self.cme_adapter.method in BLOCK_METHODS:
-            self._init_blocks(config, keys, dtype)
-        elif self.cme_adapter.method in LINEAR_METHODS:
-            self._init_linears(config, keys, dtype)
+        self._cme_blocks: dict[int, RoutedBlock] = {}
+        if self.cme_spec.scope == "mlp":
+            self._init_blocks(self._cme_state, dtype)
         else:
-            raise CmeError(f"routed method {self.cme_adapter.method!r} is not served by vLLM; use --backend hf")
+            self._init_linears(config, self._cme_state, dtype)
 
-    def _init_blocks(self, config, keys: dict, dtype: torch.dtype) -> None:
-        """MixLoRA: the FFN block's forward becomes gate_up -> expert mixture -> down (``MixLoraFFN``)."""
-        blocks = group_by_block(keys)  # type: ignore[arg-type]
+    def _init_blocks(self, keys: dict, dtype: torch.dtype) -> None:
+        """FFN-block methods: the block's forward becomes gate_up -> the method's block math -> down."""
+        blocks = group_by_block(keys)
         for idx in range(self.model.start_layer, self.model.end_layer):
             if idx not in blocks:
                 continue
             mlp = self.model.layers[idx].mlp
-            ffn = MixLoraFFN(self.cme_adapter.params, config.hidden_size, config.intermediate_size, dtype)
-            self.cme_deltas[f"{idx}_mlp"] = ffn
-            self._cme_blocks[idx] = ffn
-            mlp.forward = _mixlora_forward(mlp, ffn)
+            # Llama's FFN activation is SiLU (vLLM's SiluAndMul works on the fused output, so it is passed plain).
+            block = RoutedBlock(self.cme_spec.vllm, self.cme_adapter.params, F.silu, dtype)
+            self.cme_deltas[f"{idx}_mlp"] = block
+            self._cme_blocks[idx] = block
+            mlp.forward = _block_forward(mlp, block)
         if get_pp_group().world_size == 1 and set(self._cme_blocks) != set(blocks):
             outside = sorted(set(blocks) - set(self._cme_blocks))
             raise CmeError(f"adapter tensors for layers outside the model: {outside}")
 
     def _init_linears(self, config, keys: dict, dtype: torch.dtype) -> None:
         """Per-projection deltas, added by forward hooks on vLLM's (fused) linears."""
-        targeted = group_by_module(keys)  # type: ignore[arg-type]
+        targeted = group_by_module(keys)
         hidden = config.hidden_size
         inter = config.intermediate_size
         heads = config.num_attention_heads
@@ -113,7 +108,7 @@ class CmeRoutedLlamaForCausalLM(LlamaForCausalLM):
                 deltas: list[RoutedDelta | None] = []
                 for name, size in zip(names, sizes):
                     if (idx, part, name) in targeted:
-                        d = RoutedDelta(self.cme_adapter.method, params, d_in, size, dtype)
+                        d = RoutedDelta(self.cme_spec.vllm, params, d_in, size, dtype)
                         self._cme_slots[(idx, part, name)] = d
                         deltas.append(d)
                     else:
@@ -129,11 +124,12 @@ class CmeRoutedLlamaForCausalLM(LlamaForCausalLM):
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         loaded = super().load_weights(weights)
-        raw = load_file(str(self.cme_adapter.weights_file))
+        raw = self._cme_state if self._cme_state is not None else self.cme_adapter.state()
+        self._cme_state = None
         if self._cme_blocks:
             blocks = group_by_block(raw)
-            for idx, ffn in self._cme_blocks.items():
-                ffn.load(blocks[idx])
+            for idx, block in self._cme_blocks.items():
+                block.load(blocks[idx])
         else:
             tensors = group_by_module(raw)
             make = _cpu_gemm_factory()
@@ -165,11 +161,11 @@ def _cpu_gemm_factory():
     return make
 
 
-def _mixlora_forward(mlp: nn.Module, ffn: MixLoraFFN):
+def _block_forward(mlp: nn.Module, block: RoutedBlock):
     """Replacement ``forward`` for vLLM's ``LlamaMLP`` (instance attribute: ``nn.Module.__call__`` uses it)."""
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         gate_up, _ = mlp.gate_up_proj(x)
-        return ffn(x, gate_up, lambda h: mlp.down_proj(h)[0])
+        return block(x, gate_up, lambda h: mlp.down_proj(h)[0])
 
     return forward

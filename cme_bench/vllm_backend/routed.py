@@ -1,32 +1,22 @@
-"""Inference-only math of the token-routed adapters, on plain tensors, for serving them inside vLLM.
+"""Routed adapters inside vLLM: generic modules that run each method's own math (``MethodSpec.vllm``) on plain tensors.
 
-vLLM has no mixture-of-LoRA support (one ``LoRARequest`` per request, see shared/docs/ecosystem.md (b)), so routed
-adapters are served by a model class of our own (``model.py``) that adds these deltas to the outputs of vLLM's
-projections. Nothing here imports vLLM: the same code is unit-tested against the training layers in
-``cme_bench/tuners/`` on CPU, and the vLLM parity tests then only have to check the wiring.
+vLLM has no mixture-of-LoRA support (one ``LoRARequest`` per request), so routed adapters are served by a model class
+of our own (``model.py``) that adds these modules' outputs to vLLM's projections. Nothing here knows a method: a
+per-linear method gives a ``LinearServing`` (``pack`` its saved tensors into ``A``, ``B``, an optional ``route`` and
+extras; ``mix`` the projected input into what ``B`` multiplies), an FFN-block method a ``BlockServing``. The training
+layers in ``cme_bench/tuners/`` call the same functions in their fused forms, so greedy decoding agrees token for token
+(dropout is off at inference). Nothing here imports vLLM: the modules are unit-tested against the training layers on
+CPU, and the vLLM parity tests then only have to check the wiring.
 
-Each delta mirrors the *fused* forward of the matching tuner, in the same operation order, so that greedy decoding
-agrees token for token (dropout is off at inference):
-
-- ``teamlora``  (tuners/teamlora.py): ``B_cat (repeat_interleave(w, r_B) * s A x)`` with the Shapley router and the
-  interaction matrix, ``w = k phi (I + M') / sum(phi (I + M'))``; teamlora.md section 3.
-- ``moelora`` / ``loramoe`` (tuners/moelora.py): ``B_cat (repeat_interleave(softmax(W_r x), r) * s A_cat x)``.
-- ``hydralora`` (tuners/hydralora.py): ``B_cat ((w outer s A x).flatten())``, head-major.
-- ``smora`` (tuners/smora.py): ``s B (g(x) * A x)`` with sigmoid top-``activate_r`` gates plus the frozen biases.
-- ``mixlora`` (tuners/mixlora.py): a whole FFN block, ``down(sum_i g_i h_i) + sum_i g_i s B_down,i A_down,i h_i`` with
-  ``h_i = silu(gate + LoRA_gate,i) * (up + LoRA_up,i)`` over each token's top-k experts.
-
-Layout of the adapter file (``adapter_model.safetensors``, keys ``<module path>.<leaf>``) is the tuners' state dict;
-``group_by_module`` splits it by module path. All routed math runs in the adapter dtype (fp32 for a bf16 base, as in
-training: ``tuners.base.adapter_dtype``) and the delta is cast back to the base output dtype.
+``RoutedDelta`` reads x once: ``A`` and the router are stacked into one input matrix. All routed math runs in the
+adapter dtype (fp32 for a bf16 base, as in training: ``tuners.base.adapter_dtype``) and the delta is cast back to the
+base output dtype. Adapter folders are read by ``tuners.checkpoint.read_adapter``, the one reader of the format.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,62 +25,31 @@ import torch.nn.functional as F
 from torch import nn
 
 from cme_bench.errors import CmeError
-from cme_bench.tuners.mixlora import mix_experts_ffn
-
-ROUTED_METHODS = ("teamlora", "moelora", "loramoe", "hydralora", "smora", "mixlora")
-# Methods whose update is a per-linear delta (``RoutedDelta``); MixLoRA mixes whole FFN blocks (``MixLoraFFN``).
-LINEAR_METHODS = ("teamlora", "moelora", "loramoe", "hydralora", "smora")
-BLOCK_METHODS = ("mixlora",)
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
+from cme_bench.tuners import get_method
+from cme_bench.tuners.base import BlockServing, LinearServing, MethodSpec
+from cme_bench.tuners.checkpoint import AdapterFile, read_adapter
 
 # ``...layers.<i>.<mlp|self_attn>.<name>_proj.<leaf>``: tolerant of any prefix (``model.``, ``base_model.model.``).
 _KEY = re.compile(r"(?:^|\.)layers\.(\d+)\.(mlp|self_attn)\.([A-Za-z0-9_]+)\.(lora_.+)$")
-# MixLoRA's tensors sit on the FFN block itself: ``...layers.<i>.mlp.lora_<proj>_<A|B>.<e>.weight``, ``lora_route``.
+# FFN-block methods keep their tensors on the block itself: ``...layers.<i>.mlp.lora_<...>``.
 _BLOCK_KEY = re.compile(r"(?:^|\.)layers\.(\d+)\.mlp\.(lora_.+)$")
 
 
-@dataclass(frozen=True)
-class RoutedAdapter:
-    """A routed adapter folder: its method, hyperparameters and where its tensors live."""
-
-    path: Path
-    method: str
-    params: dict[str, Any]
-    target_modules: list[str]
-
-    @property
-    def weights_file(self) -> Path:
-        return self.path / ADAPTER_WEIGHTS
+def routed_adapter(path: str | Path) -> tuple[AdapterFile, MethodSpec]:
+    """The adapter folder at ``path`` and its method, which must be served routed (``MethodSpec.serving``)."""
+    saved = read_adapter(path)
+    spec = get_method(saved.method)
+    if spec.serving != "routed" or spec.vllm is None:
+        raise CmeError(f"{path} is not a routed adapter (method {saved.method!r} is served {spec.serving!r})")
+    return saved, spec
 
 
-def read_adapter_config(path: Path) -> dict[str, Any]:
-    cfg_file = Path(path) / ADAPTER_CONFIG
-    if not cfg_file.is_file():
-        raise CmeError(f"{path} is not an adapter folder: {ADAPTER_CONFIG} is missing")
-    try:
-        return json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise CmeError(f"{cfg_file} is not valid JSON: {exc}") from exc
-
-
-def load_routed_adapter(path: str | Path) -> RoutedAdapter:
-    path = Path(path)
-    cfg = read_adapter_config(path)
-    method = cfg.get("method")
-    if cfg.get("format") != "cme-bench-adapter" or method not in ROUTED_METHODS:
-        raise CmeError(f"{path} is not a routed cme-bench adapter (method {method!r}; routed: {list(ROUTED_METHODS)})")
-    if not (path / ADAPTER_WEIGHTS).is_file():
-        raise CmeError(f"{path}: {ADAPTER_WEIGHTS} is missing")
-    return RoutedAdapter(path, method, dict(cfg.get("params") or {}), list(cfg.get("target_modules") or []))
-
-
-def _group(tensors: Mapping[str, torch.Tensor], pattern: re.Pattern[str], where: str) -> dict[Any, dict[str, Any]]:
+def _group(tensors: Mapping[str, Any], pattern: re.Pattern[str], where: str) -> dict[Any, dict[str, Any]]:
     """Tensors grouped by the leading match groups of ``pattern``, keyed inside by the last; unknown keys fail.
 
     An unrecognised key means the adapter would be served only partly, which is the silent failure we exist to avoid.
     """
-    out: dict[Any, dict[str, torch.Tensor]] = {}
+    out: dict[Any, dict[str, Any]] = {}
     unknown = []
     for key, value in tensors.items():
         m = pattern.search(key)
@@ -106,85 +65,46 @@ def _group(tensors: Mapping[str, torch.Tensor], pattern: re.Pattern[str], where:
     return out
 
 
-def group_by_module(tensors: Mapping[str, torch.Tensor]) -> dict[tuple[int, str, str], dict[str, torch.Tensor]]:
+def group_by_module(tensors: Mapping[str, Any]) -> dict[tuple[int, str, str], dict[str, Any]]:
     """``{(layer, "mlp"|"self_attn", "gate_proj"): {"lora_A.weight": t, ...}}``; any other key is an error."""
     return _group(tensors, _KEY, "decoder-layer projections")
 
 
-def group_by_block(tensors: Mapping[str, torch.Tensor]) -> dict[int, dict[str, torch.Tensor]]:
-    """``{layer: {"lora_gate_A.0.weight": t, ..., "lora_route.weight": t}}`` for FFN-block adapters (MixLoRA)."""
+def group_by_block(tensors: Mapping[str, Any]) -> dict[int, dict[str, Any]]:
+    """``{layer: {"lora_<...>": t, ...}}`` for FFN-block adapters."""
     return _group(tensors, _BLOCK_KEY, "decoder-layer FFN blocks")
 
 
-def _stack(leaves: Mapping[str, torch.Tensor], stem: str, dim: int) -> torch.Tensor:
-    """Concatenate ``<stem>.0.weight``, ``<stem>.1.weight``, ... (ModuleList layout) along ``dim``."""
-    parts = {}
-    for leaf, t in leaves.items():
-        m = re.fullmatch(re.escape(stem) + r"\.(\d+)\.weight", leaf)
-        if m:
-            parts[int(m.group(1))] = t
-    if not parts or sorted(parts) != list(range(len(parts))):
-        raise CmeError(f"expected {stem}.0.weight, {stem}.1.weight, ... in the adapter, found {sorted(leaves)}")
-    return torch.cat([parts[i] for i in range(len(parts))], dim=dim)
+class _Tensors(nn.Module):
+    """Adapter tensors held as buffers, not parameters: vLLM checks that every *parameter* came from the base
+    checkpoint, and these come from the adapter file (``load``), after the model was built on its device."""
 
-
-def _leaf(leaves: Mapping[str, torch.Tensor], name: str) -> torch.Tensor:
-    if name not in leaves:
-        raise CmeError(f"adapter tensor {name!r} missing; found {sorted(leaves)}")
-    return leaves[name]
-
-
-class RoutedDelta(nn.Module):
-    """The routed update of one projection: ``forward(x) -> delta`` with ``x`` ``[tokens, d_in]``.
-
-    Tensors are buffers, not parameters: vLLM checks that every *parameter* came from the base checkpoint, and the
-    adapter tensors are loaded from the adapter file instead (``load``). Shapes are fixed at construction from the
-    adapter config so the buffers can be allocated on whatever device vLLM builds the model on.
-    """
-
-    def __init__(self, method: str, params: Mapping[str, Any], d_in: int, d_out: int, dtype: torch.dtype) -> None:
+    def __init__(self, dtype: torch.dtype) -> None:
         super().__init__()
-        if method not in LINEAR_METHODS:
-            raise CmeError(f"routed method {method!r} has no per-linear vLLM delta (available: {LINEAR_METHODS})")
-        self.method = method
+        self.dtype = dtype
+        self.register_buffer("anchor", torch.empty(0, dtype=dtype), persistent=False)  # follows the model's device
+
+    def put(self, name: str, t: torch.Tensor) -> torch.Tensor:
+        """Register ``t`` as buffer ``name`` on the model's device, floating tensors in the adapter dtype."""
+        self.register_buffer(name, t.to(self.anchor.device, self.dtype if t.is_floating_point() else t.dtype),
+                             persistent=False)  # fmt: skip
+        return getattr(self, name)
+
+
+class RoutedDelta(_Tensors):
+    """The routed update of one projection, ``forward(x) -> delta`` with ``x`` ``[tokens, d_in]``:
+    ``mix(x @ A^T, x @ route^T) @ B^T`` with the method's ``LinearServing.mix``."""
+
+    def __init__(self, serving: LinearServing, params: Mapping[str, Any], d_in: int, d_out: int, dtype: torch.dtype):
+        super().__init__(dtype)
+        self.serving, self.params = serving, dict(params)
         self.d_in, self.d_out = d_in, d_out
-        p = dict(params)
-        if method == "teamlora":
-            self.k = int(p["num_experts"])
-            self.rank = int(p["r_a"])
-            self.r_b = self.rank // self.k
-            self.scaling = float(p["alpha"]) / self.r_b
-            eps = p.get("normalizer_eps")
-            self.normalizer_eps = None if eps is None else float(eps)
-            n_route = self.k
-        elif method in ("moelora", "loramoe"):
-            self.k = int(p["num_experts"])
-            self.r_b = int(p["r"])
-            self.rank = self.k * self.r_b
-            self.scaling = float(p["alpha"]) / self.r_b
-            n_route = self.k
-        elif method == "hydralora":
-            self.k = int(p["num_experts"])
-            self.r_b = int(p["r"])
-            self.rank = self.r_b  # shared A
-            self.scaling = float(p["alpha"]) / self.r_b
-            n_route = self.k
-        else:  # smora
-            self.rank = int(p["r"])
-            self.k = int(p["activate_r"])
-            self.scaling = float(p["alpha"]) / self.k
-            n_route = self.rank
-        b_cols = self.k * self.r_b if method == "hydralora" else self.rank
-        # One stacked input matrix [A; router] so x is read by a single matmul.
-        self.register_buffer("w_in", torch.empty(self.rank + n_route, d_in, dtype=dtype), persistent=False)
-        self.register_buffer("w_out", torch.empty(d_out, b_cols, dtype=dtype), persistent=False)
-        if method == "teamlora":
-            self.register_buffer("interaction", torch.empty(self.k, self.k, dtype=dtype), persistent=False)
-        if method == "smora":
-            self.register_buffer("biases", torch.empty(self.rank, dtype=torch.float32), persistent=False)
+        self.rank = 0
         # ``x @ w_in^T`` and ``u @ w_out^T``; ``use_gemms`` swaps in prepacked kernels once the weights are loaded.
         self._gemm_in: Callable[[torch.Tensor], torch.Tensor] = lambda x: F.linear(x, self.w_in)
         self._gemm_out: Callable[[torch.Tensor], torch.Tensor] = lambda u: F.linear(u, self.w_out)
+        self._extras: dict[str, torch.Tensor] = {}
+        self._routed_input = False
 
     def use_gemms(self, make: Callable[[torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]) -> None:
         """Compute the two matmuls with ``make(weight)`` (a ``[out, in]`` weight -> ``x -> x @ weight^T``).
@@ -195,68 +115,43 @@ class RoutedDelta(nn.Module):
         """
         self._gemm_in, self._gemm_out = make(self.w_in), make(self.w_out)
 
-    # -- loading ------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def load(self, leaves: Mapping[str, torch.Tensor]) -> None:
+        t = dict(self.serving.pack(leaves, self.params))
+        a, b, route = t.pop("A"), t.pop("B"), t.pop("route", None)
+        stacked = a if route is None else torch.cat([a, route], dim=0)
+        if stacked.shape[1] != self.d_in or b.shape[0] != self.d_out:
+            raise CmeError(
+                f"adapter shapes A(+router) {tuple(stacked.shape)}, B {tuple(b.shape)} do not fit a projection "
+                f"{self.d_in} -> {self.d_out}"
+            )
+        self.rank, self._routed_input = a.shape[0], route is not None
+        self.put("w_in", stacked)
+        self.put("w_out", b)
+        self._extras = {name: self.put(f"x_{name}", value) for name, value in t.items()}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self._gemm_in(x.to(self.w_in.dtype))
+        logits = h[..., self.rank :] if self._routed_input else None
+        u, _ = self.serving.mix(h[..., : self.rank], logits, self._extras, self.params)
+        return self._gemm_out(u).to(x.dtype)
+
+
+class RoutedBlock(_Tensors):
+    """A routed FFN block, ``forward(x, gate_up, down) -> block output``, with the method's ``BlockServing``;
+    ``gate_up`` is vLLM's fused gate/up projection output and ``down`` its frozen down projection."""
+
+    def __init__(self, serving: BlockServing, params: Mapping[str, Any], act: Callable, dtype: torch.dtype):
+        super().__init__(dtype)
+        self.serving, self.params, self.act = serving, dict(params), act
+        self._tensors: dict[str, torch.Tensor] = {}
 
     @torch.no_grad()
     def load(self, leaves: Mapping[str, torch.Tensor]) -> None:
-        m = self.method
-        if m == "teamlora":
-            a, b = _leaf(leaves, "lora_A.weight"), _leaf(leaves, "lora_B.weight")
-            route = _leaf(leaves, "lora_route.weight")
-            self.interaction.copy_(_leaf(leaves, "lora_interaction_matrix"))
-        elif m in ("moelora", "loramoe"):
-            a, b = _stack(leaves, "lora_A", 0), _stack(leaves, "lora_B", 1)
-            route = _leaf(leaves, "lora_route.weight")
-        elif m == "hydralora":
-            a, b = _leaf(leaves, "lora_A.weight"), _stack(leaves, "lora_B", 1)
-            route = _leaf(leaves, "lora_route.weight")
-        else:
-            a, b = _leaf(leaves, "lora_A.weight"), _leaf(leaves, "lora_B.weight")
-            route = _leaf(leaves, "lora_router.weight")
-            # The bias buffer is frozen at inference; an adapter saved without it had never updated it (zeros).
-            self.biases.copy_(leaves.get("lora_biases", torch.zeros(self.rank)))
-        w_in = torch.cat([a, route], dim=0)
-        if w_in.shape != self.w_in.shape or b.shape != self.w_out.shape:
-            raise CmeError(
-                f"{m} adapter shapes A+router {tuple(w_in.shape)}, B {tuple(b.shape)} do not match the config "
-                f"(expected {tuple(self.w_in.shape)} and {tuple(self.w_out.shape)})"
-            )
-        self.w_in.copy_(w_in)
-        self.w_out.copy_(b)
+        self._tensors = {name: self.put(f"x_{name}", t) for name, t in self.serving.pack(leaves, self.params).items()}
 
-    # -- forward ------------------------------------------------------------------------------------------------
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xa = x.to(self.w_in.dtype)
-        h = self._gemm_in(xa)
-        a_out, logits = h[..., : self.rank], h[..., self.rank :]
-        m = self.method
-        if m == "teamlora":
-            phi = F.softmax(logits, dim=-1)
-            adjusted = phi + phi @ self.interaction
-            norm = adjusted.sum(dim=-1, keepdim=True)
-            if self.normalizer_eps is not None:  # the tuner's labelled deviation, mirrored
-                eps = self.normalizer_eps
-                norm = torch.where(norm >= 0, norm.clamp(min=eps), norm.clamp(max=-eps))
-            w = adjusted / norm * self.k
-            z = a_out * self.scaling
-            delta = self._gemm_out(w.repeat_interleave(self.r_b, dim=-1) * z)
-        elif m in ("moelora", "loramoe"):
-            w = F.softmax(logits.float(), dim=-1)
-            z = a_out * self.scaling
-            delta = self._gemm_out(w.to(z.dtype).repeat_interleave(self.r_b, dim=-1) * z)
-        elif m == "hydralora":
-            w = F.softmax(logits.float(), dim=-1)
-            z = a_out * self.scaling
-            u = (w.to(z.dtype).unsqueeze(-1) * z.unsqueeze(-2)).flatten(-2)
-            delta = self._gemm_out(u)
-        else:
-            scores = torch.sigmoid(logits).float() + self.biases
-            top, idx = scores.topk(self.k, dim=-1)
-            sparse = torch.zeros_like(scores).scatter(-1, idx, top)
-            g = sparse / sparse.sum(dim=-1, keepdim=True) * self.k
-            delta = self._gemm_out(g.to(a_out.dtype) * a_out) * self.scaling
-        return delta.to(x.dtype)
+    def forward(self, x: torch.Tensor, gate_up: torch.Tensor, down: Callable) -> torch.Tensor:
+        return self.serving.forward(x, gate_up, down, self.act, self._tensors, self.params)
 
 
 class PackedDelta(nn.Module):
@@ -288,57 +183,3 @@ class PackedDelta(nn.Module):
         if isinstance(output, tuple):
             return (self(args[0], output[0]), *output[1:])
         return self(args[0], output)
-
-
-class MixLoraFFN(nn.Module):
-    """MixLoRA's expert mixture for one gated FFN block, given the block's fused ``gate_up`` output.
-
-    ``forward(x, gate_up, down)`` returns the block output; ``down`` is the frozen down projection (a callable
-    returning the projected tensor). Mirrors ``tuners.mixlora.MixLoraBlock.forward`` step by step: the frozen down
-    projection is applied once to the gate-weighted sum of expert activations (exact by linearity). The expert loop
-    has data-dependent shapes, so engines serving MixLoRA run eagerly (``enforce_eager``, our default).
-    """
-
-    def __init__(self, params: Mapping[str, Any], hidden: int, inter: int, dtype: torch.dtype) -> None:
-        super().__init__()
-        self.num_experts = int(params["num_experts"])
-        self.top_k = int(params["top_k"])
-        self.r = int(params["r"])
-        self.scaling = float(params["alpha"]) / self.r
-        self.hidden, self.inter = hidden, inter
-        e, r = self.num_experts, self.r
-        dims = {"gate": (hidden, inter), "up": (hidden, inter), "down": (inter, hidden)}
-        for proj, (d_in, d_out) in dims.items():
-            self.register_buffer(f"{proj}_A", torch.empty(e, r, d_in, dtype=dtype), persistent=False)
-            self.register_buffer(f"{proj}_B", torch.empty(e, d_out, r, dtype=dtype), persistent=False)
-        self.register_buffer("route", torch.empty(e, hidden, dtype=dtype), persistent=False)
-
-    @torch.no_grad()
-    def load(self, leaves: Mapping[str, torch.Tensor]) -> None:
-        for proj in ("gate", "up", "down"):
-            for side in ("A", "B"):
-                parts = [_leaf(leaves, f"lora_{proj}_{side}.{i}.weight") for i in range(self.num_experts)]
-                target = getattr(self, f"{proj}_{side}")
-                stacked = torch.stack(parts)
-                if stacked.shape != target.shape:
-                    raise CmeError(f"mixlora {proj}_{side}: shape {tuple(stacked.shape)} != {tuple(target.shape)}")
-                target.copy_(stacked)
-        route = _leaf(leaves, "lora_route.weight")
-        if route.shape != self.route.shape:
-            raise CmeError(f"mixlora router: shape {tuple(route.shape)} != {tuple(self.route.shape)}")
-        self.route.copy_(route)
-
-    def _lora(self, proj: str, e: int, x: torch.Tensor) -> torch.Tensor:
-        a, b = getattr(self, f"{proj}_A")[e], getattr(self, f"{proj}_B")[e]
-        return F.linear(F.linear(x, a), b) * self.scaling
-
-    def forward(self, x: torch.Tensor, gate_up: torch.Tensor, down) -> torch.Tensor:
-        xa = x.to(self.route.dtype)
-        probs = F.softmax(F.linear(xa, self.route).float(), dim=-1)
-        top_w, top_i = probs.topk(self.top_k, dim=-1)
-        top_w = top_w / top_w.sum(dim=-1, keepdim=True)
-        base_gate, base_up = gate_up[..., : self.inter], gate_up[..., self.inter :]
-        hidden_sum, delta = mix_experts_ffn(
-            xa, top_w, top_i, base_gate, base_up, self._lora, F.silu, self.num_experts, self.hidden
-        )
-        return down(hidden_sum) + delta.to(hidden_sum.dtype)

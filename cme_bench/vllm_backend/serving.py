@@ -1,14 +1,13 @@
-"""How each adapter folder is served by vLLM: the serving plan.
+"""How each adapter folder is served by vLLM: the serving plan. Each method says how (``MethodSpec.serving``):
 
-Per shared/docs/baselines.md "Serving consequences":
-
-- ``lora`` (PEFT LoRA): served as is through vLLM's LoRA support, by request, many adapters on one engine;
-- ``moslora`` (B' = B M) and ``multilora`` (B' = [diag(s_i) B_i], A' = [A_i], alpha' = n alpha) are *exactly* plain
-  LoRAs: converted once into a PEFT LoRA folder in the cache and served the same way;
-- ``dora`` and ``adalora`` (PEFT formats vLLM rejects or does not know): merged into the base weights once (PEFT's
+- ``"lora"``: a PEFT LoRA served as is through vLLM's LoRA support, by request, many adapters on one engine; native
+  methods that are *exactly* plain LoRAs (``MethodSpec.to_lora``, e.g. MoSLoRA's B' = B M) are converted once into a
+  PEFT LoRA folder in the cache and served the same way;
+- ``"merged"`` (PEFT formats vLLM rejects or does not know, such as DoRA): merged into the base weights once (PEFT's
   ``merge_and_unload``) and served as a separate base model, one engine each; ``lora_serving="merged"`` does the
-  same for the LoRA family (faster decoding on CPU, no sharing of the base engine);
-- routed methods: the out-of-tree model ``CmeRoutedLlamaForCausalLM`` over the unchanged base folder, one engine each.
+  same for the ``"lora"`` methods (faster decoding on CPU, no sharing of the base engine);
+- ``"routed"``: the out-of-tree model ``CmeRoutedLlamaForCausalLM`` over the unchanged base folder, one engine each;
+  it reads the adapter folder itself (any layout ``tuners.checkpoint.read_adapter`` reads).
 
 Conversions are cached under ``cache_dir()/vllm`` keyed by the adapter files' digest, and written atomically.
 """
@@ -27,16 +26,17 @@ import torch
 from cme_bench.errors import CmeError
 from cme_bench.paths import cache_dir
 from cme_bench.results import write_dir_atomic
-from cme_bench.vllm_backend.routed import ADAPTER_CONFIG, ADAPTER_WEIGHTS, ROUTED_METHODS, read_adapter_config
+from cme_bench.tuners import get_method
+from cme_bench.tuners.checkpoint import CONFIG_NAME as ADAPTER_CONFIG
+from cme_bench.tuners.checkpoint import WEIGHTS_NAME as ADAPTER_WEIGHTS
+from cme_bench.tuners.checkpoint import AdapterFile, read_adapter
 
 log = logging.getLogger(__name__)
 
 # vLLM's LoRAConfig.max_lora_rank accepts only these values (vllm/config/lora.py, MaxLoRARanks).
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
-CONVERTIBLE = ("moslora", "multilora")
 # Bases our routed model (a subclass of vLLM's Llama) can load: Llama layout, no attention biases.
 ROUTED_BASES = ("llama",)
-MERGE_ONLY = ("dora", "adalora")
 
 Kind = Literal["base", "lora", "merged", "routed"]
 
@@ -57,6 +57,7 @@ class ServingPlan:
     rank: int | None = None
     hf_overrides: dict[str, Any] = field(default_factory=dict)
     note: str = ""
+    eager: bool = False  # the routed math has data-dependent shapes: the engine must run eagerly
 
     @property
     def engine_key(self) -> tuple[str, str]:
@@ -71,21 +72,6 @@ def lora_rank_limit(rank: int) -> int:
         if allowed >= rank:
             return allowed
     raise CmeError(f"LoRA rank {rank} is above vLLM's largest max_lora_rank ({VLLM_LORA_RANKS[-1]}); use --backend hf")
-
-
-def adapter_method(cfg: dict[str, Any]) -> str:
-    """The cme-bench method of an adapter config: native format ``method``, or PEFT's ``peft_type``/``use_dora``."""
-    if cfg.get("format") == "cme-bench-adapter":
-        return str(cfg.get("method"))
-    cme = cfg.get("cme_bench") or {}
-    if cme.get("method"):
-        return str(cme["method"])
-    peft_type = str(cfg.get("peft_type", "")).upper()
-    if peft_type == "LORA":
-        return "dora" if cfg.get("use_dora") else "lora"
-    if peft_type == "ADALORA":
-        return "adalora"
-    raise CmeError(f"unrecognised adapter config (no cme-bench method, peft_type {cfg.get('peft_type')!r})")
 
 
 def _digest(folder: Path) -> str:
@@ -111,15 +97,11 @@ def plan(model_dir: str | Path, adapter_dir: str | Path | None, *, lora_serving:
     if adapter_dir is None:
         return ServingPlan("base", model_dir)
     adapter_dir = Path(adapter_dir).resolve()
-    cfg = read_adapter_config(adapter_dir)
-    if "peft_type" in cfg and cfg.get("lora_nums"):
-        # The TeamLoRA authors' checkpoint layout: re-saved once in ours (same tensors, keys renamed).
-        out = cache_dir() / "vllm" / "native" / f"teamlora-authors-{_digest(adapter_dir)}"
-        if not (out / ADAPTER_WEIGHTS).is_file():
-            write_dir_atomic(out, lambda tmp: import_teamlora_authors(adapter_dir, cfg, tmp))
-        adapter_dir, cfg = out, read_adapter_config(out)
-    method = adapter_method(cfg)
-    if method in ROUTED_METHODS:
+    saved = read_adapter(adapter_dir)
+    method = saved.method
+    spec = get_method(method)
+    serving = spec.serving
+    if serving == "routed":
         from cme_bench.vllm_backend.plugin import ROUTED_ARCHITECTURE
 
         model_type = _model_type(model_dir)
@@ -128,24 +110,22 @@ def plan(model_dir: str | Path, adapter_dir: str | Path | None, *, lora_serving:
                 f"routed adapters are served on vLLM for Llama-family bases (model_type {', '.join(ROUTED_BASES)}); "
                 f"{model_dir.name} is {model_type!r}: use --backend hf"
             )
-
         overrides = {"architectures": [ROUTED_ARCHITECTURE], "cme_adapter": str(adapter_dir)}
-        return ServingPlan("routed", model_dir, adapter_dir, method, hf_overrides=overrides)
-    if lora_serving == "merged" and method in ("lora", *CONVERTIBLE):
+        eager = spec.vllm is not None and spec.vllm.eager
+        return ServingPlan("routed", model_dir, adapter_dir, method, hf_overrides=overrides, eager=eager)
+    if serving == "merged" or (serving == "lora" and lora_serving == "merged"):
         return _merged_plan(model_dir, adapter_dir, method)
-    if method == "lora":
-        _check_plain_lora(cfg, adapter_dir)
-        return ServingPlan("lora", model_dir, adapter_dir, method, adapter_dir, _peft_rank(cfg))
-    if method in CONVERTIBLE:
-        out = cache_dir() / "vllm" / "lora" / f"{method}-{_digest(adapter_dir)}"
-        if not (out / ADAPTER_WEIGHTS).is_file():
-            write_dir_atomic(out, lambda tmp: convert_to_lora(adapter_dir, tmp))
-        rank = _peft_rank(json.loads((out / ADAPTER_CONFIG).read_text()))
-        note = f"{method} converted exactly to a rank-{rank} LoRA"
-        return ServingPlan("lora", model_dir, adapter_dir, method, out, rank, note=note)
-    if method in MERGE_ONLY:
-        return _merged_plan(model_dir, adapter_dir, method)
-    raise CmeError(f"adapter method {method!r} has no vLLM serving path; use --backend hf")
+    if serving != "lora":
+        raise CmeError(f"adapter method {method!r} has no vLLM serving path; use --backend hf")
+    if spec.to_lora is None:  # a PEFT LoRA: vLLM loads the folder itself
+        _check_plain_lora(saved.config, adapter_dir)
+        return ServingPlan("lora", model_dir, adapter_dir, method, adapter_dir, _peft_rank(saved.config))
+    out = cache_dir() / "vllm" / "lora" / f"{method}-{_digest(adapter_dir)}"
+    if not (out / ADAPTER_WEIGHTS).is_file():
+        write_dir_atomic(out, lambda tmp: convert_to_lora(adapter_dir, tmp))
+    rank = _peft_rank(json.loads((out / ADAPTER_CONFIG).read_text()))
+    note = f"{method} converted exactly to a rank-{rank} LoRA"
+    return ServingPlan("lora", model_dir, adapter_dir, method, out, rank, note=note)
 
 
 def _merged_plan(model_dir: Path, adapter_dir: Path, method: str) -> ServingPlan:
@@ -160,28 +140,6 @@ def _model_type(model_dir: Path) -> str | None:
         return json.loads((Path(model_dir) / "config.json").read_text()).get("model_type")
     except (OSError, json.JSONDecodeError):
         return None
-
-
-def import_teamlora_authors(adapter_dir: Path, cfg: dict[str, Any], out: Path) -> None:
-    """Re-save a checkpoint in the TeamLoRA authors' layout in the cme-bench format (tensors unchanged)."""
-    from safetensors.torch import load_file, save_file
-
-    from cme_bench.tuners.teamlora import import_authors_state
-
-    k = int(cfg["lora_nums"])
-    state = import_authors_state(load_file(str(adapter_dir / ADAPTER_WEIGHTS)), k)
-    targets = cfg.get("target_modules") or []
-    native = {
-        "format": "cme-bench-adapter",
-        "format_version": 1,
-        "method": "teamlora",
-        "preset": "teamlora-authors",
-        "params": {"r_a": int(cfg["r"]), "num_experts": k, "alpha": cfg.get("lora_alpha") or 1, "dropout": 0.0},
-        "target_modules": [targets] if isinstance(targets, str) else list(targets),
-    }
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({key: t.contiguous() for key, t in state.items()}, str(out / ADAPTER_WEIGHTS))
-    (out / ADAPTER_CONFIG).write_text(json.dumps(native, indent=2))
 
 
 def _digest_model(model_dir: Path) -> str:
@@ -210,7 +168,7 @@ def _check_plain_lora(cfg: dict[str, Any], folder: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Exact conversions to plain LoRA (baselines.md "Serving consequences")
+# Exact conversions to plain LoRA
 
 
 def _modules(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
@@ -224,39 +182,27 @@ def _modules(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tens
 
 
 def convert_to_lora(adapter_dir: Path, out: Path) -> None:
-    """Write a PEFT LoRA folder equivalent to a MoSLoRA or MultiLoRA adapter (exact up to float rounding)."""
-    from safetensors.torch import load_file, save_file
+    """Write a PEFT LoRA folder equivalent to an adapter whose method converts exactly (``MethodSpec.to_lora``)."""
+    from safetensors.torch import save_file
 
-    cfg = read_adapter_config(adapter_dir)
-    method, params = cfg["method"], dict(cfg.get("params") or {})
-    tensors = load_file(str(adapter_dir / ADAPTER_WEIGHTS))
-    r, alpha = int(params["r"]), float(params["alpha"])
-    lora: dict[str, torch.Tensor] = {}
+    saved: AdapterFile = read_adapter(adapter_dir)
+    to_lora = get_method(saved.method).to_lora
+    if to_lora is None:
+        raise CmeError(f"no LoRA conversion for {saved.method!r}")
+    converted: dict[str, torch.Tensor] = {}
     targets = set()
-    for module, leaves in _modules(tensors).items():
-        if method == "moslora":
-            # s B M A with s = alpha / r: B' = B M keeps rank r and alpha.
-            a = leaves["lora_A.weight"]
-            b = leaves["lora_B.weight"].double() @ leaves["lora_M.weight"].double()
-            rank, new_alpha = r, alpha
-        elif method == "multilora":
-            # s sum_i diag(s_i) B_i A_i = (n alpha / (n r)) [diag(s_i) B_i] [A_i]: rank n r, alpha n alpha.
-            n = int(params["num_adapters"])
-            scale = leaves["lora_scale"]
-            a = torch.cat([leaves[f"lora_A.{i}.weight"] for i in range(n)], dim=0)
-            b = torch.cat([scale[i].unsqueeze(1) * leaves[f"lora_B.{i}.weight"] for i in range(n)], dim=1)
-            rank, new_alpha = n * r, n * alpha
-        else:
-            raise CmeError(f"no LoRA conversion for {method!r}")
+    rank, alpha = 0, 0.0
+    for module, leaves in _modules(saved.state()).items():
+        a, b, rank, alpha = to_lora(leaves, saved.params)
         prefix = module if module.startswith("base_model.model.") else f"base_model.model.{module}"
-        lora[f"{prefix}.lora_A.weight"] = a.contiguous().float()
-        lora[f"{prefix}.lora_B.weight"] = b.contiguous().float()
+        converted[f"{prefix}.lora_A.weight"] = a.contiguous().float()
+        converted[f"{prefix}.lora_B.weight"] = b.contiguous().float()
         targets.add(module.rsplit(".", 1)[-1])
     peft_cfg = {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
         "r": rank,
-        "lora_alpha": new_alpha,
+        "lora_alpha": alpha,
         "lora_dropout": 0.0,
         "target_modules": sorted(targets),
         "bias": "none",
@@ -266,15 +212,17 @@ def convert_to_lora(adapter_dir: Path, out: Path) -> None:
         "base_model_name_or_path": None,
     }
     out.mkdir(parents=True, exist_ok=True)
-    save_file(lora, str(out / ADAPTER_WEIGHTS))
+    save_file(converted, str(out / ADAPTER_WEIGHTS))
     (out / ADAPTER_CONFIG).write_text(json.dumps(peft_cfg, indent=2))
     # Provenance beside, not inside, the PEFT config (PEFT warns about unknown config keys).
-    (out / "cme_bench_source.json").write_text(json.dumps({"converted_from": method, "source": str(adapter_dir)}))
+    (out / "cme_bench_source.json").write_text(
+        json.dumps({"converted_from": saved.method, "source": str(adapter_dir)})
+    )
 
 
 def merge_into_base(model_dir: Path, adapter_dir: Path, out: Path) -> None:
-    """Merge a mergeable adapter (DoRA, AdaLoRA; any LoRA-family one on request) into the base weights and save a
-    full model folder.
+    """Merge a mergeable adapter (``serving="merged"``; any ``"lora"`` one on request) into the base weights and save
+    a full model folder.
 
     Uses ``cme_bench.adapters`` (strict key check on load, PEFT's ``merge_and_unload``), so the merged weights are
     exactly what the HF backend would evaluate.

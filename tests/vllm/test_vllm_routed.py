@@ -19,11 +19,22 @@ ROUTED = {
     "hydralora": {"r": 8, "num_experts": 3, "alpha": 8, "dropout": 0.0},
     "smora": {"r": 16, "activate_r": 4, "alpha": 8, "dropout": 0.0},
     "mixlora": {"r": 4, "num_experts": 4, "top_k": 2, "alpha": 8, "dropout": 0.0},
+    "comol": {"r": 8, "num_experts": 4, "alpha": 8, "dropout": 0.0},
+    "mola": {"r": 4, "expert_allocation": [2, 4], "top_k": 2, "alpha": 8, "dropout": 0.0},
 }
 # An in-process engine starts in ~8 s, so every routed method runs end to end (~10-25 s each on 2 CPUs).
-# CME_VLLM_QUICK=1 keeps TeamLoRA only; the others' math is also checked without vLLM in tests/test_vllm_backend.py.
-if os.environ.get("CME_VLLM_QUICK") == "1":
+# CME_VLLM_QUICK=1 keeps TeamLoRA only; the others' math is also checked without vLLM in tests/test_vllm_backend.py,
+# whose ``test_every_routed_method_is_covered`` makes a new routed method join both tables.
+QUICK = os.environ.get("CME_VLLM_QUICK") == "1"
+if QUICK:
     ROUTED = {"teamlora": ROUTED["teamlora"]}
+
+
+@pytest.mark.skipif(QUICK, reason="CME_VLLM_QUICK=1 serves TeamLoRA only")
+def test_every_routed_method_is_served() -> None:
+    from cme_bench.tuners import TUNERS, get_method
+
+    assert set(ROUTED) == {name for name in TUNERS.names() if get_method(name).serving == "routed"}
 
 
 @pytest.fixture(scope="module")
