@@ -190,9 +190,10 @@ class RunConfig(TrainConfig):
     def adapter_label(self) -> str:
         return NO_ADAPTER if self.adapter == NO_ADAPTER else Path(self.adapter).stem
 
-    def run_id(self, stage: str | None = None) -> str:
+    def run_id(self, stage: str | None = None, digest: str | None = None) -> str:
+        """The run folder's name; ``digest``: the run's identity digest (``cme_bench.identity``), shortened."""
         tag = "-".join(t for t in (self.tag, stage) if t) or None
-        return make_run_id(self.model, self.adapter_label, self.suite, self.seed, tag)
+        return make_run_id(self.model, self.adapter_label, self.suite, self.seed, tag, digest)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -235,6 +236,33 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, train: bool = True, ev
             group.add_argument(
                 flag, dest=f.name, type=kind, default=getattr(d, f.name), help=f"{help_text} (default: %(default)s)"
             )
+
+
+def add_seeds_argument(parser: argparse.ArgumentParser) -> None:
+    """``--seeds 1,2,3``: one run per seed, each its own identity (the report groups runs that differ by seed)."""
+    parser.add_argument(
+        "--seeds", type=_seed_list, default=None, metavar="S,S,...", help="comma-separated seeds: one run per seed"
+    )
+
+
+def _seed_list(text: str) -> list[int]:
+    try:
+        seeds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"expected distinct integers, got {text!r}")
+    return seeds
+
+
+def seeds_from_args(args: argparse.Namespace) -> list[int]:
+    """``--seeds`` if given (then ``--seed`` must be left at its default), else ``[--seed]``."""
+    seeds = getattr(args, "seeds", None)
+    if seeds is None:
+        return [args.seed]
+    if args.seed != RunConfig.seed:
+        raise ConfigError("give either --seed or --seeds, not both", "arguments")
+    return seeds
 
 
 def config_from_args(args: argparse.Namespace, **overrides: Any) -> RunConfig:

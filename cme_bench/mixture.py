@@ -42,7 +42,7 @@ class MixtureConfig:
 
     Args:
         suite: suite (or group) whose tasks are mixed.
-        tasks: subset of the suite's leaf tasks; None = all of them.
+        tasks: any registered tasks (or groups); None = every task of the suite.
         cap_per_task: at most this many examples per source before mixing (None = no cap).
         seed: seed of every random choice.
         mixing: "size", "fixed" or "temperature".
@@ -119,13 +119,7 @@ def _train_docs(name: str, paths: tuple[str, ...]) -> tuple[dict[str, Any], ...]
 
 def _sources(cfg: MixtureConfig, include_path: Sequence[Path | str]) -> dict[str, int]:
     """{source: available size} for the selected tasks and instruction files, checking names."""
-    suite_tasks = taskreg.suite_tasks(cfg.suite, include_path)
-    names = list(cfg.tasks) if cfg.tasks is not None else suite_tasks
-    for name in names:
-        if name not in suite_tasks:
-            from cme_bench.registry import suggest
-
-            raise CmeError(suggest(name, suite_tasks, f"task of suite {cfg.suite!r}"))
+    names = taskreg.resolve_tasks(cfg.tasks, cfg.suite, include_path)  # any registered task, not only the suite's
     paths = taskreg._paths(include_path)
     sizes = {name: len(_train_docs(name, paths)) for name in names}
     for path in cfg.instruction_files:

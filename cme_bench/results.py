@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the "identity" and "tasks_meta" blocks, digest-suffixed run ids
 STATUSES = ("running", "success", "failed", "cancelled")
 PACKAGES = (
     "cme-bench",
@@ -130,21 +130,22 @@ def slug(text: str) -> str:
     return _UNSAFE.sub("-", text).strip("-.") or "x"
 
 
-def make_run_id(model: str, adapter: str, suite: str, seed: int, tag: str | None = None) -> str:
+def make_run_id(
+    model: str, adapter: str, suite: str, seed: int, tag: str | None = None, digest: str | None = None
+) -> str:
+    """``<model>--<adapter>--<suite>--s<seed>[--<tag>]--<8 hex>``: readable, and unique through the identity digest
+    (two model folders with the same name, or tags that slug alike, differ there)."""
     parts = [slug(model), slug(adapter), slug(suite), f"s{seed}"]
     if tag:
         parts.append(slug(tag))
+    if digest:
+        parts.append(digest[:8])
     return "--".join(parts)
 
 
 def read_run(run_dir: Path) -> dict[str, Any] | None:
     path = Path(run_dir) / "run.json"
     return read_json(path) if path.is_file() else None
-
-
-def is_completed(run_dir: Path) -> bool:
-    record = read_run(run_dir)
-    return bool(record) and record.get("status") == "success"
 
 
 def error_info(exc: BaseException) -> dict[str, str]:
@@ -219,7 +220,7 @@ def environment() -> dict[str, Any]:
 
 
 def new_record(run_id: str, name: str, config: dict[str, Any]) -> dict[str, Any]:
-    """A fresh ``running`` record with every top-level key of schema v1 present."""
+    """A fresh ``running`` record with every top-level key of the schema present (the runner fills ``identity``)."""
     return {
         "schema_version": SCHEMA_VERSION,
         "run_id": run_id,
@@ -238,6 +239,8 @@ def new_record(run_id: str, name: str, config: dict[str, Any]) -> dict[str, Any]
         "metrics": {},
         "samples": {},
         "costs": {},
+        "identity": None,
+        "tasks_meta": {},
     }
 
 

@@ -10,6 +10,10 @@ Every stage updates ``results/<run-id>/run.json`` atomically, so a crash leaves 
 got (``status: running``, or ``failed``/``cancelled`` with the error); ``--resume`` continues from the last
 checkpoint, or, when the adapter was already saved, evaluates it without training again. A failure inside a sweep is
 recorded and the sweep goes on; the caller learns from the returned statuses which runs failed.
+
+Before any work, every run computes its identity (``cme_bench.identity``: tasks and names are checked there) and asks
+``cme_bench.reuse`` whether a finished record with identical settings exists: train/run records are reused whole,
+evaluation-only records (the base row, ``eval --adapter-path``) task by task, the missing tasks merged in.
 """
 
 from __future__ import annotations
@@ -26,7 +30,19 @@ from typing import Any
 
 import torch
 
-from cme_bench import adapters, backends, devices, distributed, modelcard, results, taskreg, trackers
+from cme_bench import (
+    adapters,
+    backends,
+    devices,
+    distributed,
+    identity,
+    modelcard,
+    provenance,
+    results,
+    reuse,
+    taskreg,
+    trackers,
+)
 from cme_bench.backends import EvalBackend, EvalSession, EvalTarget
 from cme_bench.config import NO_ADAPTER, RunConfig
 from cme_bench.errors import CmeError
@@ -88,11 +104,17 @@ class RunState:
         )
 
 
-def _open_record(cfg: RunConfig, run_id: str, name: str) -> RunLog:
+def _open_record(
+    cfg: RunConfig, run_id: str, name: str, ident: identity.Identity, tasks: list[str], existing: dict | None = None
+) -> RunLog:
+    """The run's record, marked running: ``existing`` (a finished record new tasks are merged into), the record on
+    disk when resuming, or a fresh one. It carries the identity and the metadata of its tasks from the start."""
     run_dir = Path(cfg.output) / run_id
-    existing = results.read_run(run_dir) if cfg.resume else None
+    existing = existing or (results.read_run(run_dir) if cfg.resume else None)
     data = existing or results.new_record(run_id, name, cfg.to_dict())
-    data.update(status="running", error=None, config=cfg.to_dict())
+    meta = {**(data.get("tasks_meta") or {}), **reuse.tasks_meta(tasks, [Path(p) for p in cfg.include_path])}
+    data.update(status="running", error=None, config=cfg.to_dict(), identity=ident.to_dict(), tasks_meta=meta)
+    data["schema_version"] = results.SCHEMA_VERSION
     data["environment"].setdefault("hardware", {}).update(devices.describe(cfg.device, cfg.dtype))
     record = RunLog(run_dir, data, enabled=cfg.is_main_process())
     record.save()
@@ -111,14 +133,6 @@ def _backend(cfg: RunConfig) -> EvalBackend:
     backend = backends.get(cfg.backend)
     backend.check()
     return backend
-
-
-def _finished(cfg: RunConfig, run_id: str) -> dict[str, Any] | None:
-    """The record of an already successful run, unless --force asks to redo it."""
-    if cfg.force or not results.is_completed(Path(cfg.output) / run_id):
-        return None
-    log.info("%s already finished (use --force to rerun)", run_id)
-    return results.read_run(Path(cfg.output) / run_id)
 
 
 def _load_base(cfg: RunConfig, record: RunLog) -> tuple[LoadedModel, dict[str, Any]]:
@@ -158,9 +172,8 @@ def _adapter_summary(model: torch.nn.Module, **extra: Any) -> dict[str, Any]:
 
 
 def _tasks(cfg: RunConfig) -> list[str]:
-    if cfg.tasks:
-        return list(cfg.tasks)
-    return taskreg.suite_tasks(cfg.suite, [Path(p) for p in cfg.include_path])
+    """The leaf tasks of ``--tasks`` (any registered task or group) or of the suite; unknown names fail here."""
+    return taskreg.resolve_tasks(cfg.tasks or None, cfg.suite, [Path(p) for p in cfg.include_path])
 
 
 def _training_records(cfg: RunConfig, tasks: list[str]) -> list[dict[str, str]]:
@@ -219,10 +232,12 @@ def _guarded(record: RunLog, body, *, last: bool = True) -> dict[str, Any]:
 # Stages
 
 
-def prepare(cfg: RunConfig, run_id: str, name: str) -> RunState:
-    """Open (or, with ``resume``, reopen) the run's record; the next stage resolves its tasks (inside its guard)."""
-    record = _open_record(cfg, run_id, name)
-    return RunState(cfg, record, [])
+def prepare(
+    cfg: RunConfig, run_id: str, name: str, ident: identity.Identity, tasks: list[str], existing: dict | None = None
+) -> RunState:
+    """Open (or, with ``resume``, reopen; or ``existing``, to merge tasks into) the run's record for ``tasks``."""
+    record = _open_record(cfg, run_id, name, ident, tasks, existing)
+    return RunState(cfg, record, list(tasks))
 
 
 def _already_trained(state: RunState) -> bool:
@@ -242,6 +257,7 @@ class Trained:
     result: TrainResult
     base_info: dict[str, Any]
     base_logits: torch.Tensor
+    train_records: list[dict[str, str]]  # the exact training examples (their digest goes into the provenance)
 
 
 def train_stage(state: RunState) -> Trained:
@@ -259,7 +275,7 @@ def train_stage(state: RunState) -> Trained:
     record.update(adapter=_adapter_summary(model, preset=preset.name, path="adapter"))
     on_step = partial(trackers.log_step, record.data["run_id"])  # per-step metrics to the experiment trackers
     result = train(model, loaded.tokenizer, train_records, cfg, out_dir=record.dir, resume=cfg.resume, on_step=on_step)
-    return Trained(model, loaded.tokenizer, result, base_info, base_logits)
+    return Trained(model, loaded.tokenizer, result, base_info, base_logits, train_records)
 
 
 def save_stage(state: RunState, trained: Trained) -> None:
@@ -273,12 +289,12 @@ def save_stage(state: RunState, trained: Trained) -> None:
     shutil.rmtree(record.dir / "checkpoints", ignore_errors=True)  # the saved adapter supersedes them
     check_adapter_applied(trained.base_logits, model, tokenizer)
     record.update(costs=_costs(trained.result, model, tokenizer))
+    provenance.write(record.dir / "adapter", record.data, trained.train_records)  # travels with the adapter folder
     state.adapter_dir, state.model, state.tokenizer = record.dir / "adapter", model, tokenizer
 
 
 def train_and_save(state: RunState) -> None:
     """The train and save stages, or neither when ``resume`` finds the adapter already saved."""
-    state.tasks = _tasks(state.cfg)
     if _already_trained(state):
         log.info("%s: adapter already trained (%s); not training again", state.record.dir.name, state.record.dir)
         state.adapter_dir = state.record.dir / "adapter"
@@ -297,12 +313,13 @@ def train_and_save(state: RunState) -> None:
 def load_stage(state: RunState, adapter_path: Path | None) -> None:
     """For a run that evaluates without training: load the base (and ``adapter_path``) and describe them."""
     loaded, _ = _load_base(state.cfg, state.record)
-    state.tasks = _tasks(state.cfg)
     model = loaded.model
     if adapter_path is not None:
         base_logits = probe_logits(model, loaded.tokenizer)
         model = adapters.load_adapter(model, adapter_path)
-        state.record.update(adapter=_adapter_summary(model, path=str(adapter_path)))
+        state.record.data["adapter"] = _adapter_summary(model, path=str(adapter_path))
+        provenance.apply(state.record.data, provenance.read(adapter_path), adapter_path)  # how it was trained
+        state.record.save()
         check_adapter_applied(base_logits, model, loaded.tokenizer)
     state.adapter_dir, state.model, state.tokenizer = adapter_path, model, loaded.tokenizer
 
@@ -321,6 +338,7 @@ def evaluate_stage(state: RunState, session: EvalSession) -> None:
         one_at_a_time=cfg.eval_one_at_a_time,
     )
     lm = out.lm_eval
+    earlier = record.data.get("evaluation")  # a record that new tasks are merged into keeps its earlier tables
     record.data["evaluation"] = {
         "backend": cfg.backend,
         "batch_size": cfg.eval_batch_size,
@@ -330,6 +348,7 @@ def evaluate_stage(state: RunState, session: EvalSession) -> None:
         "lm_eval": {k: lm.get(k) for k in ("results", "versions", "n-samples", "higher_is_better", "configs")},
         **session.describe(target),
     }
+    record.data["evaluation"] = reuse.merge_evaluation(earlier, record.data["evaluation"])
     if record.enabled and state.adapter_dir == record.dir / "adapter":  # an adapter this run trained: card + scores
         modelcard.write_model_card(state.adapter_dir, run=record.data)
 
@@ -359,10 +378,10 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     if cfg.adapter == NO_ADAPTER:
         return evaluate_base_or_adapter(cfg, adapter_path=None)
     backend = _backend(cfg)
-    run_id = cfg.run_id()
-    if (done := _finished(cfg, run_id)) is not None:
+    preset, tasks, ident, run_id = _plan(cfg)
+    if (done := reuse.finished(cfg.force, Path(cfg.output) / run_id, ident)) is not None:
         return done
-    state = prepare(cfg, run_id, cfg.name or adapters.load_preset(cfg.adapter).name)
+    state = prepare(cfg, run_id, cfg.name or preset.name, ident, tasks)
 
     def body() -> None:
         train_and_save(state)
@@ -374,43 +393,91 @@ def run(cfg: RunConfig) -> dict[str, Any]:
 def train_only(cfg: RunConfig) -> dict[str, Any]:
     """Fine-tune and save ``cfg.adapter`` without evaluating it (run id suffix ``train``)."""
     cfg = _resolved(cfg)
-    run_id = cfg.run_id("train")
-    if (done := _finished(cfg, run_id)) is not None:
+    preset, tasks, ident, run_id = _plan(cfg, evaluate=False)
+    if (done := reuse.finished(cfg.force, Path(cfg.output) / run_id, ident)) is not None:
         return done
-    state = prepare(cfg, run_id, cfg.name or adapters.load_preset(cfg.adapter).name)
+    state = prepare(cfg, run_id, cfg.name or preset.name, ident, tasks)
     return _guarded(state.record, lambda: train_and_save(state))
 
 
+def _plan(cfg: RunConfig, *, evaluate: bool = True) -> tuple[Any, list[str], identity.Identity, str]:
+    """Preset, tasks, identity and run id of a training run: every name is checked before any work starts."""
+    preset = adapters.load_preset(cfg.adapter)
+    tasks = _tasks(cfg)
+    ident = identity.compute(cfg, tasks, preset=preset, evaluate=evaluate)
+    return preset, tasks, ident, cfg.run_id(None if evaluate else "train", ident.digest)
+
+
 def _adapter_label(path: Path) -> str:
-    """A short name for a saved adapter folder: its own name, or its run's name for ``<run>/adapter``."""
+    """A short name for a saved adapter folder: the preset it was trained with (its provenance says), else the
+    folder's own name, or its run's name for ``<run>/adapter``."""
+    trained = (provenance.read(path) or {}).get("config") or {}
+    if trained.get("adapter"):
+        return results.slug(Path(str(trained["adapter"])).stem)
     path = path.resolve()
     return results.slug(path.parent.name if path.name == "adapter" else path.name)
 
 
-def _eval_only_config(cfg: RunConfig, adapter_path: Path | None) -> tuple[RunConfig, str, str]:
-    """The config, run id and display name of a run that evaluates the base model or a saved adapter."""
+def _eval_only_plan(
+    cfg: RunConfig, adapter_path: Path | None
+) -> tuple[RunConfig, str, str, identity.Identity, list[str]]:
+    """Config, run id, display name, identity and tasks of an evaluation-only run (checked before any work).
+
+    The run id carries the identity without the task list (``row_key``): evaluations of other tasks with otherwise
+    identical settings merge into the same record. Its seed is the identity's (a saved adapter's training seed).
+    """
     label = NO_ADAPTER if adapter_path is None else _adapter_label(adapter_path)
     cfg = replace(cfg, adapter=label)
-    return (
-        cfg,
-        cfg.run_id(None if adapter_path is None else "eval"),
-        cfg.name or ("base" if adapter_path is None else label),
-    )
+    tasks = _tasks(cfg)
+    trained = provenance.read(adapter_path) if adapter_path is not None else None
+    ident = identity.compute(cfg, tasks, adapter_dir=adapter_path, provenance=trained)
+    stage = None if adapter_path is None else "eval"
+    run_id = replace(cfg, seed=ident.components["seed"]).run_id(stage, ident.row_key)
+    return cfg, run_id, cfg.name or ("base" if adapter_path is None else label), ident, tasks
+
+
+def _prepare_eval_only(cfg: RunConfig, adapter_path: Path | None) -> RunState | dict[str, Any]:
+    """The state of an evaluation-only run over the tasks its record lacks, or the finished record when it has all.
+
+    A finished record with identical settings keeps its tasks; only missing (or since changed) tasks are evaluated
+    and merged in (``reuse.plan_evaluation``).
+    """
+    cfg, run_id, name, ident, tasks = _eval_only_plan(cfg, adapter_path)
+    plan = reuse.plan_evaluation(cfg.force, Path(cfg.output) / run_id, ident, tasks)
+    if plan.done:
+        plan.existing[reuse.REUSE_KEY] = {"run_id": run_id, "reused": plan.reused, "evaluated": []}
+        return plan.existing
+    previous = plan.existing
+    if previous is not None:
+        log.info("%s: %d task(s) already evaluated with identical settings; evaluating %s", run_id,
+                 len(previous.get("metrics") or {}), ", ".join(plan.todo))  # fmt: skip
+    merged = reuse.merged_identity(ident, previous, plan.todo)
+    state = prepare(cfg, run_id, name, merged, plan.todo, previous)
+    if previous is not None:  # the record holds more tasks than this command asked for
+        state.record.data["config"]["tasks"] = sorted(merged.task_digests)
+    return state
+
+
+def _mark_merge(data: dict[str, Any], state: RunState, kept: list[str]) -> dict[str, Any]:
+    """Tell the command what was reused (in memory only: never written to run.json)."""
+    if kept:
+        data[reuse.REUSE_KEY] = {"run_id": state.record.dir.name, "reused": kept, "evaluated": list(state.tasks)}
+    return data
 
 
 def evaluate_base_or_adapter(cfg: RunConfig, adapter_path: Path | None) -> dict[str, Any]:
     """Evaluate the base model (``adapter_path`` None) or a saved adapter (ours or PEFT's) on the suite."""
     backend = _backend(cfg)
-    cfg, run_id, name = _eval_only_config(_resolved(cfg), adapter_path)
-    if (done := _finished(cfg, run_id)) is not None:
-        return done
-    state = prepare(cfg, run_id, name)
+    state = _prepare_eval_only(_resolved(cfg), adapter_path)
+    if not isinstance(state, RunState):
+        return state
+    kept = sorted(set(state.record.data.get("metrics") or {}) - set(state.tasks))
 
     def body() -> None:
         load_stage(state, adapter_path)
         _evaluate_alone(state, backend)
 
-    return _guarded(state.record, body)
+    return _mark_merge(_guarded(state.record, body), state, kept)
 
 
 def sweep(cfg: RunConfig, adapter_names: list[str], *, baseline: bool = True) -> list[dict[str, Any]]:
@@ -421,6 +488,7 @@ def sweep(cfg: RunConfig, adapter_names: list[str], *, baseline: bool = True) ->
     """
     backend = _backend(cfg)
     cfg = _resolved(cfg)  # a missing device fails the sweep once, not every run in it
+    _tasks(cfg)  # a misspelt task stops the sweep before any work, instead of failing every run in turn
     names = ([NO_ADAPTER] if baseline else []) + adapter_names
     outcomes: dict[str, dict[str, Any]] = {}
     pending: dict[str, RunState] = {}  # runs left to evaluate
@@ -428,13 +496,17 @@ def sweep(cfg: RunConfig, adapter_names: list[str], *, baseline: bool = True) ->
         one = replace(cfg, adapter=name, name=None)
         try:
             if name == NO_ADAPTER:
-                one, run_id, label = _eval_only_config(one, None)
+                prepared = _prepare_eval_only(one, None)
+                if not isinstance(prepared, RunState):  # every task already evaluated with identical settings
+                    outcomes[name] = _outcome(name, prepared)
+                    continue
+                state = prepared
             else:
-                run_id, label = one.run_id(), adapters.load_preset(name).name
-            if (done := _finished(one, run_id)) is not None:
-                outcomes[name] = _outcome(name, done)
-                continue
-            state = prepare(one, run_id, label)
+                preset, tasks, ident, run_id = _plan(one)
+                if (done := reuse.finished(one.force, Path(one.output) / run_id, ident)) is not None:
+                    outcomes[name] = _outcome(name, done)
+                    continue
+                state = prepare(one, run_id, preset.name, ident, tasks)
             if name != NO_ADAPTER:
                 log.info("sweep %d/%d: training %s", i, len(names), name)
                 _guarded(state.record, partial(train_and_save, state), last=False)
@@ -448,7 +520,7 @@ def sweep(cfg: RunConfig, adapter_names: list[str], *, baseline: bool = True) ->
         return [outcomes.get(n) or _outcome(n, {**pending[n].record.data, "status": "success"}) for n in names]
     groups, unservable = backends.group_targets(backend, {n: s.target for n, s in pending.items()})
     for name, exc in unservable.items():
-        outcomes[name] = record_failure(pending[name].cfg, exc)
+        outcomes[name] = record_failure(pending[name].cfg, exc, pending[name].record.dir.name)
     for members in groups:
         log.info("sweep: one evaluation session for %s", ", ".join(members))
         outcomes.update(_evaluate_group(backend, cfg, {n: pending[n] for n in members}))
@@ -463,7 +535,7 @@ def _evaluate_group(backend: EvalBackend, cfg: RunConfig, states: dict[str, RunS
     except KeyboardInterrupt:
         raise
     except Exception as exc:
-        return {name: record_failure(s.cfg, exc) for name, s in states.items()}
+        return {name: record_failure(s.cfg, exc, s.record.dir.name) for name, s in states.items()}
     with session:
         for name, state in states.items():
 
@@ -477,21 +549,32 @@ def _evaluate_group(backend: EvalBackend, cfg: RunConfig, states: dict[str, RunS
             except KeyboardInterrupt:
                 raise
             except Exception as exc:  # recorded in run.json by the guard
-                outcomes[name] = record_failure(state.cfg, exc)
+                outcomes[name] = record_failure(state.cfg, exc, state.record.dir.name)
     return outcomes
 
 
+def _planned_run_id(one: RunConfig) -> str:
+    """The run id ``one`` gets (its identity's); the readable id without digest when even planning fails."""
+    try:
+        return _eval_only_plan(one, None)[1] if one.adapter == NO_ADAPTER else _plan(one)[3]
+    except Exception:
+        return one.run_id()
+
+
 def _outcome(name: str, record: dict[str, Any]) -> dict[str, Any]:
-    return {"adapter": name, "run_id": record["run_id"], "status": record["status"]}
+    reused = bool((record.pop(reuse.REUSE_KEY, None) or {}).get("reused"))
+    return {"adapter": name, "run_id": record["run_id"], "status": record["status"], "reused": reused}
 
 
-def record_failure(one: RunConfig, exc: BaseException) -> dict[str, Any]:
+def record_failure(one: RunConfig, exc: BaseException, run_id: str | None = None) -> dict[str, Any]:
     """Mark ``one``'s run failed, unless its own guard already did, and return the sweep outcome.
 
-    Public for the cluster launchers: a run whose worker died on every attempt is recorded here.
+    Public for the cluster launchers: a run whose worker died on every attempt is recorded here. ``run_id``: the
+    run's folder when known; else the one its identity gives, or the readable id without digest when even planning
+    fails (e.g. an invalid preset: no identity exists).
     """
     log.error("sweep: %s failed: %s", one.adapter, exc)
-    run_id = one.run_id()
+    run_id = run_id or _planned_run_id(one)
     run_file = Path(one.output) / run_id / "run.json"
     existing = results.read_run(run_file.parent)
     if existing is None or existing.get("status") == "running":

@@ -4,11 +4,14 @@ lm-eval's own index skips a YAML it cannot parse with only a debug log, so a bro
 This module globs the folders itself and checks, per file:
 
 1. YAML syntax, ``include:`` targets and every ``!function`` reference (resolved like lm-eval does);
-2. task configs: a safe, prefixed name, no unknown keys (typos such as ``doc_to_txt``), the cme-bench
-   ``metadata`` fields the reporter needs, a ``primary_metric`` that the task actually reports;
+2. task configs: a safe, prefixed name, no unknown keys (typos such as ``doc_to_txt``), local ``data_files`` of the
+   json/csv/parquet/text/arrow builders that exist, a ``primary_metric`` that the task actually reports, and the
+   cme-bench ``metadata`` fields the reporter uses: a missing one is a *warning* (any YAML plain lm-eval accepts is
+   a valid task; ``tasks validate --strict`` turns warnings into errors);
 3. group configs: members that exist, ``aggregate_metric_list`` present;
 4. with data (the default): the task loads, its first documents render, and a perfect prediction (the target
-   itself) scores 1.0 on the primary metric through lm-eval's ``process_results``. Hub tasks are checked against
+   itself) scores 1.0 on the primary metric through lm-eval's ``process_results`` (no training documents: a
+   warning, the task can still be evaluated). Hub tasks are checked against
    the hand-written rows in ``tasks/<task>/schema_rows.json`` instead of the network.
 """
 
@@ -33,14 +36,18 @@ SCHEMA_ROWS = "schema_rows.json"
 _IGNORE_DIRS = {"__pycache__", ".ipynb_checkpoints"}
 
 
+LOCAL_BUILDERS = ("json", "csv", "parquet", "text", "arrow")  # datasets builders that read local data_files
+
+
 @dataclass(frozen=True)
 class Problem:
     path: str
     key: str
     message: str
+    level: str = "error"  # "error" | "warning" (a warning fails validation only with --strict)
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.key}: {self.message}"
+        return f"{self.path}: {self.key}: {self.message}" + (" [warning]" if self.level == "warning" else "")
 
 
 class _Fn(str):
@@ -83,6 +90,12 @@ def _load_raw(path: Path, problems: list[Problem], seen: frozenset[Path] = froze
     return merged
 
 
+def resolved_config(path: Path) -> dict[str, Any] | None:
+    """A task YAML with its includes merged (local keys win); each top-level ``!function`` value is a tuple
+    (reference, file that names it). None when the file does not parse (``validate`` says why)."""
+    return _load_raw(Path(path), [])
+
+
 def _check_functions(path: Path, cfg: dict[str, Any], problems: list[Problem]) -> None:
     from lm_eval.tasks._yaml_loader import _import_func_in_yml
 
@@ -109,13 +122,17 @@ def _check_task(path: Path, cfg: dict[str, Any], builtin: bool, problems: list[P
     for key in cfg:
         if key not in known:
             add(key, suggest(key, known, "task config key").replace("unknown task config key", "unknown key"))
+    _check_data_files(path, cfg, problems)
+    # cme-bench's metadata only improves the report (names, domains, chance); plain lm-eval tasks run without it.
+    warn = lambda key, msg: problems.append(Problem(str(path), key, msg, "warning"))  # noqa: E731
     meta = cfg.get("metadata")
     if not isinstance(meta, dict):
-        add("metadata", "missing: needs version, domain, task_type, display_name, primary_metric, chance, ...")
+        warn("metadata", "missing: the report will show the raw task name, domain 'other' and no chance level "
+             "(add version, domain, task_type, display_name, primary_metric, chance)")  # fmt: skip
         return
     for key, types in taskreg.REQUIRED_METADATA.items():
         if key not in meta:
-            add(f"metadata.{key}", "missing")
+            warn(f"metadata.{key}", "missing")
         elif not isinstance(meta[key], types) or (key == "chance" and isinstance(meta[key], bool)):
             add(f"metadata.{key}", f"{meta[key]!r} has the wrong type (expected {types[0].__name__})")
     if meta.get("task_type") not in (None, *taskreg.TASK_TYPES):
@@ -126,6 +143,26 @@ def _check_task(path: Path, cfg: dict[str, Any], builtin: bool, problems: list[P
     chance = meta.get("chance")
     if isinstance(chance, (int, float)) and not 0 <= chance < 1:
         add("metadata.chance", f"{chance!r}: must be in [0, 1)")
+
+
+def _check_data_files(path: Path, cfg: dict[str, Any], problems: list[Problem]) -> None:
+    """Local ``data_files`` of the json/csv/... builders must exist (relative paths: to the working folder, as
+    ``datasets`` reads them, or to the YAML's folder)."""
+    if cfg.get("dataset_path") not in LOCAL_BUILDERS:
+        return
+    files = (cfg.get("dataset_kwargs") or {}).get("data_files")
+    if files is None:
+        why = f"missing: dataset_path {cfg['dataset_path']!r} reads local files"
+        problems.append(Problem(str(path), "dataset_kwargs.data_files", why))
+        return
+    items = files.items() if isinstance(files, dict) else [("", files)]
+    for split, value in items:
+        for name in [value] if isinstance(value, str) else value or []:
+            if "://" in str(name) or any(ch in str(name) for ch in "*?["):
+                continue  # remote or glob patterns: datasets resolves them
+            if not (Path(name).expanduser().is_file() or (path.parent / name).is_file()):
+                key = "dataset_kwargs.data_files" + (f".{split}" if split else "")
+                problems.append(Problem(str(path), key, f"data file not found: {name}"))
 
 
 def _check_group(path: Path, cfg: dict[str, Any], names: set[str], problems: list[Problem]) -> None:
@@ -226,7 +263,7 @@ def validate(
             rows_file = path.parent / SCHEMA_ROWS
             if rows_file.is_file():
                 task = offline_task(name, json.loads(rows_file.read_text(encoding="utf-8")), include_path)
-            elif "custom_dataset" in (taskreg._entry(name, include_path).cfg or {}):
+            elif _loads_offline(taskreg._entry(name, include_path).cfg or {}):
                 task = taskreg.load_tasks([name], include_path)[name]
             else:
                 log.info("%s: hub data set and no %s: data not checked offline", name, SCHEMA_ROWS)
@@ -234,5 +271,14 @@ def validate(
             errors = check_task_data(task, info)
         except Exception as err:
             errors = [re.sub(r"\s+", " ", f"{type(err).__name__}: {err}")[:500]]
-        problems += [Problem(str(path), "data", e) for e in errors]
+        problems += [Problem(str(path), "data", e, _level(e)) for e in errors]
     return problems
+
+
+def _loads_offline(cfg: dict[str, Any]) -> bool:
+    return "custom_dataset" in cfg or cfg.get("dataset_path") in LOCAL_BUILDERS
+
+
+def _level(message: str) -> str:
+    # A task without training documents can still be evaluated; it only contributes nothing to a mixture.
+    return "warning" if message == "the train part has no documents" else "error"

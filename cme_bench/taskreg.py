@@ -150,9 +150,24 @@ def _members(cfg: Mapping[str, Any]) -> list[str]:
 
 
 def suites(include_path: Sequence[Path | str] = ()) -> list[str]:
-    """Suite names: groups whose ``metadata.suite`` is their own name (``cme``, ``cme-mini``)."""
+    """Suite names: groups whose ``metadata.suite`` is their own name (``cme``, ``cme-mini``), and suites that only
+    their tasks' ``metadata.suite`` names (no group YAML needed)."""
     tm = task_manager(include_path)
-    return sorted(g for g in tm.all_groups if (tm.task_index[g].cfg or {}).get("metadata", {}).get("suite") == g)
+    grouped = {g for g in tm.all_groups if (tm.task_index[g].cfg or {}).get("metadata", {}).get("suite") == g}
+    return sorted(grouped | set(_metadata_suites(include_path)))
+
+
+def _metadata_suites(include_path: Sequence[Path | str] = ()) -> dict[str, list[str]]:
+    """{suite: [task, ...]} from the tasks' own ``metadata.suite``, for suites that have no group of that name."""
+    from lm_eval.tasks._index import Kind
+
+    tm = task_manager(include_path)
+    out: dict[str, list[str]] = {}
+    for name, entry in sorted(tm.task_index.items()):
+        suite = ((entry.cfg or {}).get("metadata") or {}).get("suite") if entry.kind == Kind.TASK else None
+        if isinstance(suite, str) and suite not in tm.task_index:
+            out.setdefault(suite, []).append(name)
+    return out
 
 
 def suite_domains(suite: str = DEFAULT_SUITE, include_path: Sequence[Path | str] = ()) -> dict[str, list[str]]:
@@ -176,7 +191,10 @@ def suite_domains(suite: str = DEFAULT_SUITE, include_path: Sequence[Path | str]
             if name not in out[domain]:
                 out[domain].append(name)
 
-    del tm
+    if suite not in tm.task_index and suite in (by_metadata := _metadata_suites(include_path)):
+        for name in by_metadata[suite]:  # a suite named only by its tasks' metadata
+            walk(name)
+        return out
     walk(suite)
     return out
 
@@ -184,6 +202,39 @@ def suite_domains(suite: str = DEFAULT_SUITE, include_path: Sequence[Path | str]
 def suite_tasks(suite: str = DEFAULT_SUITE, include_path: Sequence[Path | str] = ()) -> list[str]:
     """Leaf task names of a suite (or of any group, tag or single task), in YAML order."""
     return [t for tasks in suite_domains(suite, include_path).values() for t in tasks]
+
+
+def task_config(name: str, include_path: Sequence[Path | str] = ()) -> dict[str, Any]:
+    """The task's config as lm-eval's index holds it (includes merged; functions as path strings)."""
+    return dict(_entry(name, include_path).cfg or {})
+
+
+def all_tasks(include_path: Sequence[Path | str] = ()) -> list[str]:
+    """Every registered leaf task, grouped or not, sorted."""
+    from lm_eval.tasks._index import Kind
+
+    tm = task_manager(include_path)
+    return sorted(n for n, e in tm.task_index.items() if e.kind == Kind.TASK and not n.startswith("_"))
+
+
+def resolve_tasks(
+    names: Sequence[str] | None, suite: str = DEFAULT_SUITE, include_path: Sequence[Path | str] = ()
+) -> list[str]:
+    """Leaf tasks to run: the suite's when ``names`` is None, else each name's (a task, or a group's members).
+
+    Any registered task is accepted, grouped or not: the suite is a default, not a gate. Unknown names raise
+    CmeError with near matches, before any model is loaded.
+    """
+    if names is None:
+        return suite_tasks(suite, include_path)
+    out: list[str] = []
+    tm = task_manager(include_path)
+    for name in names:
+        if name not in tm.task_index and name not in _metadata_suites(include_path):
+            known = all_tasks(include_path) + suites(include_path) + sorted(tm.all_groups)
+            raise CmeError(suggest(name, known, "task"))
+        out += [t for t in suite_tasks(name, include_path) if t not in out]
+    return out
 
 
 def task_info(name: str, include_path: Sequence[Path | str] = ()) -> TaskInfo:

@@ -62,7 +62,9 @@ def _cli(*argv: str, env: dict[str, str] | None = None, rc: int = 0) -> subproce
 
 
 def _records(out: Path) -> dict[str, dict]:
-    return {d.name: json.loads((d / "run.json").read_text()) for d in out.iterdir() if (d / "run.json").is_file()}
+    """Records by readable run id (the folder name without its identity digest suffix)."""
+    folders = [d for d in out.iterdir() if (d / "run.json").is_file()]
+    return {re.sub(r"--[0-9a-f]{8}$", "", d.name): json.loads((d / "run.json").read_text()) for d in folders}
 
 
 def _assert_complete(out: Path, adapters: list[str], failed: tuple[str, ...] = ()) -> dict[str, dict]:

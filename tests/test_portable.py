@@ -136,10 +136,10 @@ def test_plain_lm_eval_scores_a_teamlora_adapter_like_cme_bench_eval(tmp_path: P
     common = ["--model", "tiny-llama", "--tasks", TASKS, "--output", str(out)]
     assert main(["train", *common, "--adapter", "teamlora", "--max-steps", "3", "--train-cap", "24",
                  "--batch-size", "4", "--lr", "5e-2"]) == 0  # fmt: skip
-    adapter = next(out.glob("*--train")) / "adapter"
+    adapter = next(out.glob("*--train--*")) / "adapter"
     assert main(["eval", *common, "--adapter-path", str(adapter), "--limit", "4", "--eval-batch-size", "4",
                  "--no-report"]) == 0  # fmt: skip
-    ours = json.loads(next(out.glob("*--eval/run.json")).read_text())
+    ours = json.loads(next(out.glob("*--eval--*/run.json")).read_text())
     lm_out = tmp_path / "lm_eval"
     proc = subprocess.run(
         [sys.executable, "-m", "cme_bench.lm_eval_cli", "--model", "cme-bench", "--model_args",

@@ -41,10 +41,28 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-report", dest="report", action="store_false", help="do not refresh the leaderboard")
 
 
+def reuse_line(record: dict[str, Any]) -> str | None:
+    """What was reused instead of computed, in words (None: everything was computed)."""
+    from cme_bench.reuse import REUSE_KEY
+
+    reuse = record.pop(REUSE_KEY, None)
+    if not reuse or (not reuse["reused"] and reuse["evaluated"]):
+        return None
+    if not reuse["evaluated"]:
+        return f"reused finished run {reuse['run_id']} (identical settings); --force to rerun"
+    return (
+        f"{reuse['run_id']}: evaluated {', '.join(reuse['evaluated'])} and merged into the finished run's "
+        f"{len(reuse['reused'])} task(s) with identical settings; --force to rerun all"
+    )
+
+
 def print_outcome(record: dict[str, Any]) -> None:
-    """One line per run, on the leaderboard's scale (%) and with its names (see report.summary.outcome_line)."""
+    """One line per run, on the leaderboard's scale (%) and with its names (see report.summary.outcome_line); first
+    what was reused instead of computed."""
     from cme_bench.report.summary import outcome_line
 
+    if line := reuse_line(record):
+        print(line)
     print(outcome_line(record))
 
 

@@ -32,6 +32,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-builtin-references", action="store_true", help="leave out the shipped TeamLoRA paper figures"
     )
+    parser.add_argument(
+        "--include-path",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="extra folder of lm-eval task YAMLs, for the metadata of user tasks (the run records carry it too)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -49,6 +56,13 @@ def main(args: argparse.Namespace) -> int:
     results = Path(args.results)
     out = Path(args.out) if args.out else results / "leaderboard"
     start = time.perf_counter()
+    kwargs = {}
+    if args.include_path:
+        from functools import partial
+
+        from cme_bench.taskreg import task_info
+
+        kwargs["task_info"] = partial(task_info, include_path=args.include_path)
     report = build_report(
         results,
         out=out,
@@ -56,6 +70,7 @@ def main(args: argparse.Namespace) -> int:
         seed=args.seed,
         reference_files=tuple(args.references),
         builtin_references=not args.no_builtin_references,
+        **kwargs,
     )
     if not report.analysis.runs:
         raise CmeError(f"no readable run records (*/run.json) under {str(results)!r}")

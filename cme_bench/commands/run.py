@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from cme_bench.commands import _common
-from cme_bench.config import add_run_arguments, config_from_args
+from cme_bench.config import add_run_arguments, add_seeds_argument, config_from_args, seeds_from_args
 
 HELP = "fine-tune an adapter on the CME mixture, evaluate it through lm-eval, record and report (the main job)"
 
@@ -13,6 +13,7 @@ HELP = "fine-tune an adapter on the CME mixture, evaluate it through lm-eval, re
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adapter", default="teamlora", help="adapter preset name or YAML path (default: teamlora)")
     add_run_arguments(parser)
+    add_seeds_argument(parser)
     _common.add_report_arguments(parser)
     _common.add_file_and_tracker_arguments(parser)
 
@@ -20,11 +21,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from cme_bench import runner
 
-    cfg = config_from_args(args)
+    seeds = seeds_from_args(args)
+    configs = [config_from_args(args, seed=seed) for seed in seeds]  # every setting checked before any work
+    if configs[0].adapter != "none":
+        from cme_bench.adapters import load_preset
+
+        load_preset(configs[0].adapter)  # a misspelt preset fails before the base row is evaluated
+    records = []
     with _common.trackers_of(args):
-        if args.baseline and cfg.adapter != "none":
-            _common.print_outcome(runner.run(config_from_args(args, adapter="none", resume=False)))
-        record = runner.run(cfg)
-    _common.print_outcome(record)
+        if args.baseline and configs[0].adapter != "none":
+            # One base row: the base model is not trained, so its numbers do not depend on the training seed.
+            _common.print_outcome(runner.run(config_from_args(args, adapter="none", resume=False, seed=seeds[0])))
+        for cfg in configs:
+            records.append(runner.run(cfg))
+            _common.print_outcome(records[-1])
     _common.refresh_report(args)
-    return 0 if record["status"] == "success" else 1
+    return 0 if all(r["status"] == "success" for r in records) else 1

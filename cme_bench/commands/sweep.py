@@ -12,7 +12,7 @@ from dataclasses import replace
 
 from cme_bench import launchers
 from cme_bench.commands import _common
-from cme_bench.config import add_run_arguments, config_from_args
+from cme_bench.config import add_run_arguments, add_seeds_argument, config_from_args, seeds_from_args
 from cme_bench.errors import CmeError
 
 HELP = "run several adapters with identical data, seed and budget; a failing one is recorded and the sweep goes on"
@@ -22,6 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     # Not required=True: the adapters may come from a run file (`adapters:` or `grid: {adapter: [...]}`).
     parser.add_argument("--adapters", help="comma-separated preset names, e.g. lora,moelora,teamlora")
     add_run_arguments(parser)
+    add_seeds_argument(parser)
     _common.add_report_arguments(parser)
     _common.add_file_and_tracker_arguments(parser)
     launchers.add_arguments(parser)
@@ -38,8 +39,13 @@ def main(args: argparse.Namespace) -> int:
         )
     launcher, opts = launchers.get(args.launcher), launchers.options_from_args(args)
     launcher.check(opts)  # before any work: a missing extra, a misplaced option
+    grid = dict(args.grid)
+    if getattr(args, "seeds", None) is not None:  # --seeds is one more grid axis: one run per seed
+        if "seed" in grid:
+            raise CmeError("seeds given twice: by --seeds and by the run file's grid; keep one")
+        grid["seed"] = seeds_from_args(args)
     base = config_from_args(args, adapter=names[0])
-    points = runfile.points(base, args.grid)
+    points = runfile.points(base, grid)
     if len(points) > 1:
         print(f"grid: {len(points)} points x {len(names)} adapters = {len(points) * len(names)} runs")
     groups: list[launchers.Group] = []
@@ -54,9 +60,10 @@ def main(args: argparse.Namespace) -> int:
         outcomes = launcher.launch(groups, opts, print)
     if outcomes is None:  # submitted only (--no-wait): `cme-bench report` collects the records later
         return 0
-    print(f"{'adapter':<20} {'status':<10} run")
+    print(f"{'adapter':<20} {'status':<18} run")
     for o in outcomes:
-        print(f"{o['adapter']:<20} {o['status']:<10} {o['run_id']}" + (f"  ({o['error']})" if o.get("error") else ""))
+        status = o["status"] + (" (reused)" if o.get("reused") else "")
+        print(f"{o['adapter']:<20} {status:<18} {o['run_id']}" + (f"  ({o['error']})" if o.get("error") else ""))
     _common.refresh_report(args)
     failed = [o["run_id"] for o in outcomes if o["status"] != "success"]
     if failed:

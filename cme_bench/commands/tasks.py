@@ -2,7 +2,8 @@
 
 - ``tasks list [--suite NAME]``: the tasks of a suite with domain, metric and chance level (``--sizes`` loads data);
 - ``tasks show TASK``: metadata, sizes, and the prompt and target of one document;
-- ``tasks validate``: loads and renders every task; each problem names its file and key (exit 1 if any);
+- ``tasks validate [--strict]``: loads and renders every task; each problem names its file and key (exit 1 if any
+  error; missing cme-bench metadata is a warning, an error with ``--strict``);
 - ``tasks export --suite NAME --out FILE.jsonl``: the training mixture as JSONL ({"task", "prompt", "target"}).
 """
 
@@ -33,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("list", help="tasks of a suite (default cme-mini), or --all")
     p.add_argument("--suite", default="cme-mini", help="suite, domain group or task (default: cme-mini)")
-    p.add_argument("--all", action="store_true", help="every suite")
+    p.add_argument("--all", action="store_true", help="every registered task: each suite, then ungrouped tasks")
     p.add_argument("--sizes", action="store_true", help="also load the data and show train/test sizes")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     _include(p)
@@ -47,6 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("validate", help="load and render every task; report problems by file and key")
     p.add_argument("--no-data", action="store_true", help="static checks only (no data loading)")
     p.add_argument("--task", action="append", default=None, help="only these tasks' data (static checks: all)")
+    p.add_argument("--strict", action="store_true", help="warnings (e.g. missing cme-bench metadata) fail too")
     _include(p)
 
     p = sub.add_parser("export", help="write the training mixture as JSONL")
@@ -72,17 +74,24 @@ def _list(args: argparse.Namespace) -> int:
     from cme_bench import taskreg
 
     suites = taskreg.suites(args.include_path) if args.all else [args.suite]
-    rows = []
-    for suite in suites:
-        for domain, tasks in taskreg.suite_domains(suite, args.include_path).items():
-            for name in tasks:
+    listing = [(suite, domain, tasks) for suite in suites for domain, tasks in
+               taskreg.suite_domains(suite, args.include_path).items()]  # fmt: skip
+    if args.all:  # tasks that no suite groups (user tasks are first-class): listed under their own metadata
+        grouped = {t for _, _, tasks in listing for t in tasks}
+        for name in taskreg.all_tasks(args.include_path):
+            if name not in grouped:
                 info = taskreg.task_info(name, args.include_path)
-                row = {"suite": suite, "domain": domain, "task": name, "display_name": info.display_name,
-                       "task_type": info.task_type, "metric": info.primary_metric, "chance": info.chance}  # fmt: skip
-                if args.sizes:
-                    task = taskreg.load_tasks([name], args.include_path)[name]
-                    row["train"], row["test"] = (len(taskreg.docs(task, p)) for p in ("train", "test"))
-                rows.append(row)
+                listing.append((info.suite or "-", info.domain, [name]))
+    rows = []
+    for suite, domain, tasks in listing:
+        for name in tasks:
+            info = taskreg.task_info(name, args.include_path)
+            row = {"suite": suite, "domain": domain, "task": name, "display_name": info.display_name,
+                   "task_type": info.task_type, "metric": info.primary_metric, "chance": info.chance}  # fmt: skip
+            if args.sizes:
+                task = taskreg.load_tasks([name], args.include_path)[name]
+                row["train"], row["test"] = (len(taskreg.docs(task, p)) for p in ("train", "test"))
+            rows.append(row)
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
@@ -128,8 +137,13 @@ def _validate(args: argparse.Namespace) -> int:
     for problem in problems:
         print(problem)
     n_files = len(taskcheck.yaml_files(args.include_path))
-    print(f"{n_files} YAML files checked: {len(problems) or 'no'} problem{'s' if len(problems) != 1 else ''}")
-    return 1 if problems else 0
+    errors = [p for p in problems if p.level == "error" or args.strict]
+    warnings = len(problems) - len(errors)
+    line = f"{n_files} YAML files checked: {len(errors) or 'no'} problem{'s' if len(errors) != 1 else ''}"
+    if warnings:
+        line += f", {warnings} warning{'s' if warnings != 1 else ''} (--strict makes them fail)"
+    print(line)
+    return 1 if errors else 0
 
 
 def _parse_proportions(text: str | None) -> dict[str, float] | None:
@@ -163,6 +177,9 @@ def _export(args: argparse.Namespace) -> int:
         instruction_cap=args.instruction_cap,
     )
     examples = mixture.build_mixture(cfg, args.include_path)
+    if not examples:
+        raise CmeError(f"the mixture is empty: no training documents in {', '.join(args.tasks or [args.suite])} "
+                       "(a task needs a training split; nothing written)")  # fmt: skip
     mixture.write_jsonl(examples, args.out)
     for source, n in sorted(mixture.mixture_summary(examples).items()):
         print(f"{source:40s} {n:7d}")

@@ -140,7 +140,9 @@ def parse_record(path: Path, data: Any) -> RunRecord:
         if data.get(key) is not None and not isinstance(data[key], Mapping):
             raise ValueError(f"{key!r} is not an object")
     metrics = _parse_metrics(data.get("metrics"))
-    if data["status"] == "success" and not metrics:
+    # A train-only record (`cme-bench train`: training, no evaluation) is a successful run without metrics.
+    train_only = data.get("evaluation") is None and isinstance(data.get("training"), Mapping)
+    if data["status"] == "success" and not metrics and not train_only:
         raise ValueError("status is 'success' but 'metrics' is empty")
     return RunRecord(path=path, data=data, metrics=metrics)
 

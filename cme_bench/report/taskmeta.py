@@ -1,16 +1,18 @@
 """Task metadata for the report: display names, domains, direction and chance level.
 
 The source of truth is the task registry (``cme_bench.taskreg.task_info``), injected as a callable so tests and other
-suites can pass their own. For a task the registry does not know, the report falls back to what the run records
-carry: the metric name from ``metrics[task]``, lm-eval's ``higher_is_better`` table, and lm-eval's group membership
-as the domain. Nothing about specific tasks is hard-coded here.
+suites can pass their own. For a task the registry does not know (a user task of a report built without its
+``--include-path``), the report uses the metadata the run records saved (``tasks_meta``, schema v2), and for older
+records falls back to the metric name from ``metrics[task]``, lm-eval's ``higher_is_better`` table, and lm-eval's
+group membership as the domain. Nothing about specific tasks is hard-coded here.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 from cme_bench.report.load import RunRecord
@@ -61,18 +63,28 @@ def _from_records(task: str, runs: Iterable[RunRecord]) -> TaskMeta:
     return TaskMeta(task, task, domain, metric, hib, None, "run record")
 
 
+def _recorded_meta(task: str, runs: Iterable[RunRecord]) -> SimpleNamespace | None:
+    for run in runs:
+        meta = run.section("tasks_meta").get(task)
+        if isinstance(meta, Mapping):
+            return SimpleNamespace(**meta)
+    return None
+
+
 def resolve_tasks(tasks: Iterable[str], runs: list[RunRecord], task_info: TaskInfoFn | None) -> dict[str, TaskMeta]:
     """TaskMeta for each task: from ``task_info`` when it knows the task, else from the run records."""
     out: dict[str, TaskMeta] = {}
     unknown: list[str] = []
     for task in tasks:
         fallback = _from_records(task, runs)
-        info = None
+        info, source = None, "registry"
         if task_info is not None:
             try:
                 info = task_info(task)
             except Exception as err:  # an unknown task is expected, not fatal
                 log.debug("task %r not in the task registry: %s", task, err)
+        if info is None:  # schema v2 records carry the metadata the run saw (user tasks built elsewhere included)
+            info, source = _recorded_meta(task, runs), "run record"
         if info is None:
             unknown.append(task)
             out[task] = fallback
@@ -86,7 +98,7 @@ def resolve_tasks(tasks: Iterable[str], runs: list[RunRecord], task_info: TaskIn
             primary_metric=str(getattr(info, "primary_metric", None) or fallback.primary_metric),
             higher_is_better=hib if isinstance(hib, bool) else fallback.higher_is_better,
             chance=float(chance) if isinstance(chance, (int, float)) and not isinstance(chance, bool) else None,
-            source="registry",
+            source=source,
         )
     if unknown and task_info is not None:
         log.info(
