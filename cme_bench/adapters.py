@@ -28,7 +28,7 @@ import torch
 import yaml
 from torch import nn
 
-from cme_bench.errors import CmeError, ConfigError
+from cme_bench.errors import CmeError, ConfigError, loading
 from cme_bench.paths import adapters_dir
 from cme_bench.registry import suggest
 from cme_bench.tuners import TUNERS, get_method
@@ -448,7 +448,8 @@ def load_adapter(base_model: nn.Module, adapter_dir: str | Path) -> nn.Module:
 
     folder, config, weights = read_adapter_config(adapter_dir)
     layout = detect_layout(config)
-    state = load_file(str(weights))
+    with loading(weights, "adapter weights"):
+        state = load_file(str(weights))
     if layout == "peft":
         return _load_peft(base_model, folder, config, state)
     if layout == "cme-bench":

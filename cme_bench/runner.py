@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from cme_bench import adapters, results, taskreg
+from cme_bench import adapters, results, runlock, taskreg
 from cme_bench.config import NO_ADAPTER, RunConfig
 from cme_bench.errors import CmeError
 from cme_bench.evaluate import EvalOutput, TaskResult, check_adapter_applied, evaluate, probe_logits
@@ -49,7 +49,7 @@ class RunRecord:
     def add_task(self, result: TaskResult) -> None:
         rel = f"samples/{result.task}.jsonl"
         if self.enabled:
-            results.write_jsonl_atomic(self.dir / rel, result.samples)
+            results.write_jsonl_atomic(self.dir / rel, runlock.stamp(result.samples, self.data.get("attempt")))
         self.data["metrics"][result.task] = {
             "metric": result.metric,
             "value": result.value,
@@ -63,12 +63,15 @@ class RunRecord:
 
 
 def _open_record(cfg: RunConfig, run_id: str, name: str) -> RunRecord:
-    run_dir = Path(cfg.output) / run_id
-    existing = results.read_run(run_dir) if cfg.resume else None
+    # One writer per run; a rerun over a good record is staged beside it (runlock). Ended by _guarded.
+    attempt = runlock.begin(Path(cfg.output) / run_id, enabled=cfg.is_main_process())
+    existing = results.read_run(attempt.final) if cfg.resume and not attempt.staged else None
     data = existing or results.new_record(run_id, name, cfg.to_dict())
-    data.update(status="running", error=None, config=cfg.to_dict())
-    record = RunRecord(run_dir, data, enabled=cfg.is_main_process())
-    record.save()
+    data.update(status="running", error=None, config=cfg.to_dict(), attempt=attempt.id)
+    record = RunRecord(attempt.dir, data, enabled=cfg.is_main_process())
+    record.attempt = attempt
+    with runlock.closing(record, keep=True):
+        record.save()
     return record
 
 
@@ -217,17 +220,21 @@ def _finish(record: RunRecord, status: str, exc: BaseException | None = None) ->
 
 
 def _guarded(record: RunRecord, body, *, finish: bool = True) -> dict[str, Any]:
-    """Run ``body()``; if it raises, the record ends as failed or cancelled, else as success (when ``finish``)."""
-    try:
-        body()
-    except KeyboardInterrupt as exc:
-        _finish(record, "cancelled", exc)
-        raise
-    except Exception as exc:
-        _finish(record, "failed", exc)
-        raise
-    if finish:
-        _finish(record, "success")
+    """Run ``body()``; if it raises, the record ends as failed or cancelled, else as success (when ``finish``).
+
+    Either way the attempt ends (``runlock.closing``): the lock is released, a staged rerun is swapped in or dropped.
+    """
+    with runlock.closing(record):
+        try:
+            body()
+        except KeyboardInterrupt as exc:
+            _finish(record, "cancelled", exc)
+            raise
+        except Exception as exc:
+            _finish(record, "failed", exc)
+            raise
+        if finish:
+            _finish(record, "success")
     return record.data
 
 
@@ -362,13 +369,12 @@ def _record_failure(one: RunConfig, exc: Exception) -> dict[str, Any]:
     log.error("sweep: %s failed: %s", one.adapter, exc)
     run_id = one.run_id()
     run_file = Path(one.output) / run_id / "run.json"
-    existing = results.read_run(run_file.parent)
-    if existing is None or existing.get("status") == "running":
-        # The failure came before the record existed (e.g. an unknown preset), or outside the run's own guard
-        # (a shared engine that did not start): record it now.
-        rec = existing or results.new_record(run_id, one.adapter, one.to_dict())
-        rec.update(status="failed", error=results.error_info(exc), finished_at=results.now())
-        results.write_json_atomic(run_file, rec)
+    existing = None if isinstance(exc, runlock.RunBusy) else results.read_run(run_file.parent)
+    if existing is not None and existing.get("status") == "running":
+        # The failure came outside the run's own guard (a shared engine that did not start): record it now. A run
+        # that never got a record (e.g. an unknown preset) never started and leaves none; a busy run is not ours.
+        existing.update(status="failed", error=results.error_info(exc), finished_at=results.now())
+        results.write_json_atomic(run_file, existing)
     return {"adapter": one.adapter, "run_id": run_id, "status": "failed", "error": str(exc)}
 
 

@@ -116,7 +116,7 @@ def plan(model_dir: str | Path, adapter_dir: str | Path | None, *, lora_serving:
         # The TeamLoRA authors' checkpoint layout: re-saved once in ours (same tensors, keys renamed).
         out = cache_dir() / "vllm" / "native" / f"teamlora-authors-{_digest(adapter_dir)}"
         if not (out / ADAPTER_WEIGHTS).is_file():
-            write_dir_atomic(out, lambda tmp: import_teamlora_authors(adapter_dir, cfg, tmp))
+            write_dir_atomic(out, lambda tmp: import_teamlora_authors(adapter_dir, cfg, tmp), overwrite=True)
         adapter_dir, cfg = out, read_adapter_config(out)
     method = adapter_method(cfg)
     if method in ROUTED_METHODS:
@@ -139,7 +139,7 @@ def plan(model_dir: str | Path, adapter_dir: str | Path | None, *, lora_serving:
     if method in CONVERTIBLE:
         out = cache_dir() / "vllm" / "lora" / f"{method}-{_digest(adapter_dir)}"
         if not (out / ADAPTER_WEIGHTS).is_file():
-            write_dir_atomic(out, lambda tmp: convert_to_lora(adapter_dir, tmp))
+            write_dir_atomic(out, lambda tmp: convert_to_lora(adapter_dir, tmp), overwrite=True)
         rank = _peft_rank(json.loads((out / ADAPTER_CONFIG).read_text()))
         note = f"{method} converted exactly to a rank-{rank} LoRA"
         return ServingPlan("lora", model_dir, adapter_dir, method, out, rank, note=note)
@@ -151,7 +151,7 @@ def plan(model_dir: str | Path, adapter_dir: str | Path | None, *, lora_serving:
 def _merged_plan(model_dir: Path, adapter_dir: Path, method: str) -> ServingPlan:
     out = cache_dir() / "vllm" / "merged" / f"{method}-{_digest(adapter_dir)}-{_digest_model(model_dir)}"
     if not (out / "config.json").is_file():
-        write_dir_atomic(out, lambda tmp: merge_into_base(model_dir, adapter_dir, tmp))
+        write_dir_atomic(out, lambda tmp: merge_into_base(model_dir, adapter_dir, tmp), overwrite=True)
     return ServingPlan("merged", out, adapter_dir, method, note=f"{method} merged into the base weights")
 
 
