@@ -61,12 +61,22 @@ class RunConfig:
             value = getattr(self, key)
             if value < (0 if key in ("max_steps", "train_cap") else 1):
                 problems.append(f"--{key.replace('_', '-')} must be positive, got {value!r}")
+        if self.tasks is not None and not self.tasks:
+            problems.append("--tasks is empty; name at least one task, or leave it out to run the whole --suite")
         if self.limit is not None and self.limit < 0:
             problems.append(f"--limit must be >= 0 (0 = every test document), got {self.limit!r}")
         if self.backend not in BACKENDS:
             problems.append(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.mix not in ("size", "temperature"):
             problems.append(f"--mix must be size or temperature, got {self.mix!r}")
+        if self.checkpoint_every < 0:
+            problems.append(f"--checkpoint-every must be >= 0 (0 = no checkpoints), got {self.checkpoint_every!r}")
+        if not self.epochs > 0:
+            problems.append(f"--epochs must be > 0, got {self.epochs!r}")
+        if not self.temperature > 0:
+            problems.append(f"--temperature must be > 0, got {self.temperature!r}")
+        if Path(self.output).exists() and not Path(self.output).is_dir():
+            problems.append(f"--output {self.output!r} is a file, not a results folder")
         if not self.learning_rate > 0:
             problems.append(f"--lr must be > 0, got {self.learning_rate!r}")
         for path in self.include_path + self.extra_data:
@@ -146,7 +156,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, train: bool = True, ev
 def config_from_args(args: argparse.Namespace, **overrides: Any) -> RunConfig:
     names = {f.name for f in fields(RunConfig)}
     values = {k: v for k, v in vars(args).items() if k in names}
-    if isinstance(values.get("tasks"), str):
+    if isinstance(values.get("tasks"), str):  # "" stays an empty list, which RunConfig refuses
         values["tasks"] = [t.strip() for t in values["tasks"].split(",") if t.strip()]
     values.update(overrides)
     return RunConfig(**values)

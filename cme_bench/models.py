@@ -283,17 +283,14 @@ def load_model(
     """
     dtype = dtype or default_dtype(device)
     path = Path(spec).expanduser()
-    tried: list[str] = []
 
     if _is_hf_folder(path):
         model, tok = _load_folder(path, dtype, trust_remote_code)
         return _loaded(model, tok, spec, path.resolve().name, "folder", path.resolve(), device)
-    tried.append(f"local model folder: {path} ({'no config.json in it' if path.is_dir() else 'not a folder'})")
 
     if path.is_file() and path.suffix.lower() == ".gguf":
         model, tok = _load_gguf(path, dtype)
         return _loaded(model, tok, spec, path.stem, "gguf", None, device)
-    tried.append(f"GGUF file: {path} ({'not a .gguf file' if path.is_file() else 'no such file'})")
 
     if spec == "tiny-llama":
         model, tok = build_tiny_llama(seed=0)
@@ -303,7 +300,6 @@ def load_model(
         folder = _smollm2_folder()
         model, tok = _load_folder(folder, dtype, False)
         return _loaded(model, tok, spec, spec, "builtin", folder, device)
-    tried.append("built-in name: " + suggest(spec, list(BUILTINS), "built-in model"))
 
     if spec.startswith(HUB_PREFIX):
         hub_id = spec[len(HUB_PREFIX) :]
@@ -314,8 +310,23 @@ def load_model(
             )
             tok = AutoTokenizer.from_pretrained(hub_id, trust_remote_code=trust_remote_code)
         return _loaded(model, tok, spec, hub_id.split("/")[-1], "hub", None, device)
-    tried.append(f"hub id: not contacted (write {HUB_PREFIX}{spec} to download it from the Hugging Face hub)")
+    check_spec(spec)
+    raise AssertionError("unreachable: check_spec accepts only specs handled above")
 
+
+def check_spec(spec: str) -> None:
+    """Fail as ``load_model`` would when nothing fits ``spec``, without loading anything (a check before work)."""
+    path = Path(spec).expanduser()
+    if _is_hf_folder(path) or (path.is_file() and path.suffix.lower() == ".gguf"):
+        return
+    if spec in BUILTINS or spec.startswith(HUB_PREFIX):
+        return
+    tried = [
+        f"local model folder: {path} ({'no config.json in it' if path.is_dir() else 'not a folder'})",
+        f"GGUF file: {path} ({'not a .gguf file' if path.is_file() else 'no such file'})",
+        "built-in name: " + suggest(spec, list(BUILTINS), "built-in model"),
+        f"hub id: not contacted (write {HUB_PREFIX}{spec} to download it from the Hugging Face hub)",
+    ]
     lines = "\n".join(f"  {i}. {t}" for i, t in enumerate(tried, 1))
     raise CmeError(f"cannot find a model for --model {spec!r}. Tried, in order:\n{lines}")
 

@@ -143,6 +143,26 @@ def check_output_dir(out: Path, *, overwrite: bool = False, flag: str = "--out")
     return out
 
 
+def check_output_file(path: Path, *, flag: str) -> Path:
+    """Refuse an output file that cannot be written, before any heavy work (the file itself is not created)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise CmeError(f"{flag} {str(path)!r} is a folder; name a file")
+    parent = next((p for p in path.absolute().parents if p.exists()), None)
+    if parent is None or not parent.is_dir():
+        raise CmeError(f"{flag} {str(path)!r}: {parent} is not a folder")
+    if parent == path.absolute().parent:
+        try:  # a real probe: os.access says yes to root on a read-only mount
+            fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=parent)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise CmeError(f"{flag} {str(path)!r}: cannot write into {parent} ({exc.strerror})") from None
+    elif not os.access(parent, os.W_OK):
+        raise CmeError(f"{flag} {str(path)!r}: no permission to create folders in {parent}")
+    return path
+
+
 def write_dir_atomic(out: Path, build: Callable[[Path], Any], *, overwrite: bool = False) -> Path:
     """Fill a folder with ``build(tmp)`` in a temporary sibling, then move it into place.
 

@@ -211,7 +211,8 @@ def end(attempt: Attempt, *, ok: bool, started: bool = True) -> Path:
         if attempt.staged:
             shutil.rmtree(attempt.dir, ignore_errors=True)
             log.warning(
-                "the rerun of %s did not finish: the previous record in %s is unchanged", attempt.final.name,
+                "the rerun of %s did not finish: the previous record in %s is unchanged",
+                attempt.final.name,
                 attempt.final,
             )
         elif not started:

@@ -120,10 +120,27 @@ def _quiet_custom_dataset_hint(record: logging.LogRecord) -> bool:
     return "Custom kwargs can be passed" not in record.getMessage()
 
 
+def _check_yaml_syntax(folders: Sequence[str]) -> None:
+    """A YAML in an ``--include-path`` folder that does not parse is an error naming it (lm-eval skips it silently).
+
+    ``tasks validate`` reports these as problems instead (it reads the files itself).
+    """
+    from cme_bench.errors import LoadError
+    from cme_bench.taskcheck import Problem, _load_raw
+
+    for folder in folders:
+        for path in sorted(Path(folder).rglob("*.yaml")):
+            problems: list[Problem] = []
+            if _load_raw(path, problems) is None and problems:
+                p = problems[0]
+                raise LoadError(path, f"task YAML {str(path)!r}: {p.key}: {p.message}")
+
+
 @functools.lru_cache(maxsize=8)
 def _task_manager(paths: tuple[str, ...]) -> Any:
     from lm_eval.tasks import TaskManager
 
+    _check_yaml_syntax(paths[1:])
     _cache_jinja_templates()
     logging.getLogger("lm_eval.api.task").addFilter(_quiet_custom_dataset_hint)
     # include_defaults=False: indexing lm-eval's ~10k built-in YAMLs costs seconds and could shadow nothing of ours.

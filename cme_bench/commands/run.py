@@ -20,6 +20,9 @@ def main(args: argparse.Namespace) -> int:
     from cme_bench import runner
 
     cfg = config_from_args(args)
+    _common.preflight(cfg)
+    if cfg.adapter != "none":
+        _common.require_resumable(cfg, None)
     if args.baseline and cfg.adapter != "none":
         _common.print_outcome(runner.run(config_from_args(args, adapter="none", resume=False)))
     record = runner.run(cfg)

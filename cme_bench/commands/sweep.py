@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 from cme_bench.commands import _common
 from cme_bench.config import add_run_arguments, config_from_args
@@ -23,7 +24,10 @@ def main(args: argparse.Namespace) -> int:
     names = [n.strip() for n in args.adapters.split(",") if n.strip()]
     if not names:
         raise CmeError("--adapters is empty")
-    outcomes = runner.sweep(config_from_args(args, adapter=names[0]), names, baseline=args.baseline)
+    cfg = config_from_args(args, adapter=names[0])
+    for name in names:  # a typo in one name is caught before the sweep starts; a preset that fails to build is not
+        _common.preflight(replace(cfg, adapter=name))
+    outcomes = runner.sweep(cfg, names, baseline=args.baseline)
     print(f"{'adapter':<20} {'status':<10} run")
     for o in outcomes:
         print(f"{o['adapter']:<20} {o['status']:<10} {o['run_id']}" + (f"  ({o['error']})" if o.get("error") else ""))

@@ -18,6 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from cme_bench import runner
 
-    record = runner.run(config_from_args(args), do_eval=False)
+    cfg = config_from_args(args)
+    _common.preflight(cfg)
+    _common.require_resumable(cfg, "train")
+    record = runner.run(cfg, do_eval=False)
     _common.print_outcome(record)
     return 0 if record["status"] == "success" else 1

@@ -147,6 +147,8 @@ def parse_record(path: Path, data: Any) -> RunRecord:
 def iter_record_files(results: Path, exclude: Path | None = None) -> Iterator[Path]:
     excluded = exclude.resolve() if exclude is not None else None
     for path in sorted(results.rglob("run.json")):
+        if any(part.startswith(".") for part in path.relative_to(results).parts):
+            continue  # an unfinished attempt being built or left by a killed process (cme_bench.runlock)
         if excluded is not None and (excluded == path.resolve().parent or excluded in path.resolve().parents):
             continue
         yield path
@@ -189,6 +191,20 @@ def load_samples(run: RunRecord, task: str) -> list[dict[str, Any]]:
         items: list[Any] = json.loads("[" + ",".join(lines) + "]")
     except json.JSONDecodeError:
         items = [_loads_or_none(line) for line in lines]
+    attempt = run.data.get("attempt")
+    other = next(
+        (i.get("attempt") for i in items if type(i) is dict and i.get("attempt") not in (None, attempt)), None
+    )
+    if attempt and other:
+        log.warning(
+            "%s: %s holds samples of another attempt (%s) than the record (%s); ignored for task %r",
+            run.path,
+            path,
+            other,
+            attempt,
+            task,
+        )
+        return []
     samples, bad = [], 0
     for item in items:
         # Checked inline (not via _number) because this loop sees every sample of every run.
