@@ -95,7 +95,8 @@ def load_preset(name_or_path: str | Path) -> AdapterPreset:
             raise CmeError(suggest(text, preset_names(), "adapter preset"))
     if not path.is_file():
         raise CmeError(f"adapter preset file {str(path)!r} does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
+    with loading(path, "adapter preset", "it must be a YAML mapping (see adapters/README.md)"):
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"expected a mapping at the top level, got {type(data).__name__}", where=str(path))
     return preset_from_dict(data, name=path.stem, path=path)
