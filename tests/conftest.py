@@ -21,7 +21,7 @@ _TOOL_LITTER = ("__pycache__", ".pytest_cache", ".ruff_cache", ".pyc")
 
 
 def _checkout_state() -> set[str] | None:
-    """New/changed/ignored paths git reports, plus every file under results/ with its mtime (None: not a checkout)."""
+    """New (untracked or ignored) paths git reports and every file under results/ with its mtime (None: no git)."""
     try:
         out = subprocess.run(
             ["git", "status", "--porcelain=v1", "-z", "--ignored", "--untracked-files=normal"],
@@ -33,8 +33,11 @@ def _checkout_state() -> set[str] | None:
         return None
     if out.returncode != 0:
         return None
+    # Only new paths ("??" untracked, "!!" ignored): edits to tracked files while tests run are the developer's.
     entries = {
-        e for e in out.stdout.decode("utf-8", "replace").split("\0") if e and not any(t in e for t in _TOOL_LITTER)
+        e
+        for e in out.stdout.decode("utf-8", "replace").split("\0")
+        if e[:2] in ("??", "!!") and not any(t in e for t in _TOOL_LITTER)
     }
     results = REPO / "results"
     if results.is_dir():
