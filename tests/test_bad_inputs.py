@@ -440,6 +440,9 @@ CASES = [
         lambda t, a: (_results(t, a), _write(t / "f.txt", "x")),
         "report",
     ),
+    Case(
+        "report-results-is-file", ["report", "--results", "f.txt"], ["f.txt", "not a folder"], _file("f.txt"), "report"
+    ),
     Case("report-results-missing", ["report", "--results", "nowhere"], ["nowhere"], category="report"),
     Case(
         "report-results-empty",
@@ -480,6 +483,24 @@ CASES = [
         "profile-experts-not-ints",
         ["profile", "--model", "tiny-llama", "--experts", "a,b"],
         ["--experts"],
+        category="profile",
+    ),
+    Case(
+        "profile-preset-unknown",
+        ["profile", "--model", "tiny-llama", "--adapters", "lorra"],
+        ["lorra"],
+        category="profile",
+    ),
+    Case(
+        "profile-forms-unknown",
+        ["profile", "--model", "tiny-llama", "--adapters", "lora", "--forms", "fast"],
+        ["--forms"],
+        category="profile",
+    ),
+    Case(
+        "profile-model-missing",
+        ["profile", "--model", "no/such/model", "--adapters", "lora"],
+        ["no/such/model"],
         category="profile",
     ),
     # --- the training step larger than the data (used to hang): refused before training

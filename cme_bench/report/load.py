@@ -158,7 +158,8 @@ def load_runs(results: Path | str, exclude: Path | None = None) -> list[RunRecor
     """Every readable run record under ``results`` (recursively), sorted by run id; bad ones are skipped."""
     results = Path(results)
     if not results.is_dir():
-        raise CmeError(f"results folder {str(results)!r} does not exist (pass --results DIR)")
+        why = "is not a folder" if results.exists() else "does not exist"
+        raise CmeError(f"results folder {str(results)!r} {why} (pass --results DIR)")
     runs: dict[str, RunRecord] = {}
     for path in iter_record_files(results, exclude):
         try:
