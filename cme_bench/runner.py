@@ -369,12 +369,15 @@ def _record_failure(one: RunConfig, exc: Exception) -> dict[str, Any]:
     log.error("sweep: %s failed: %s", one.adapter, exc)
     run_id = one.run_id()
     run_file = Path(one.output) / run_id / "run.json"
-    existing = None if isinstance(exc, runlock.RunBusy) else results.read_run(run_file.parent)
-    if existing is not None and existing.get("status") == "running":
-        # The failure came outside the run's own guard (a shared engine that did not start): record it now. A run
-        # that never got a record (e.g. an unknown preset) never started and leaves none; a busy run is not ours.
-        existing.update(status="failed", error=results.error_info(exc), finished_at=results.now())
-        results.write_json_atomic(run_file, existing)
+    if isinstance(exc, runlock.RunBusy):  # another process is writing that run: its record is not ours to touch
+        return {"adapter": one.adapter, "run_id": run_id, "status": "failed", "error": str(exc)}
+    existing = results.read_run(run_file.parent)
+    if existing is None or existing.get("status") == "running":
+        # The failure came before the record existed (e.g. an invalid preset), or outside the run's own guard
+        # (a shared engine that did not start): record it now.
+        rec = existing or results.new_record(run_id, one.adapter, one.to_dict())
+        rec.update(status="failed", error=results.error_info(exc), finished_at=results.now())
+        results.write_json_atomic(run_file, rec)
     return {"adapter": one.adapter, "run_id": run_id, "status": "failed", "error": str(exc)}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import replace
+from pathlib import Path
 
 from cme_bench.commands import _common
 from cme_bench.config import add_run_arguments, config_from_args
@@ -20,13 +21,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from cme_bench import runner
+    from cme_bench.adapters import preset_names
+    from cme_bench.registry import suggest
 
     names = [n.strip() for n in args.adapters.split(",") if n.strip()]
     if not names:
         raise CmeError("--adapters is empty")
     cfg = config_from_args(args, adapter=names[0])
-    for name in names:  # a typo in one name is caught before the sweep starts; a preset that fails to build is not
-        _common.preflight(replace(cfg, adapter=name))
+    _common.preflight(replace(cfg, adapter="none"))
+    # A misspelt name stops the sweep before it starts; a preset that exists but is invalid is one failed run.
+    known = set(preset_names())
+    for name in names:
+        if name not in known and name != "none" and not Path(name).expanduser().is_file():
+            raise CmeError(suggest(name, sorted(known), "adapter preset") + " (in --adapters)")
     outcomes = runner.sweep(cfg, names, baseline=args.baseline)
     print(f"{'adapter':<20} {'status':<10} run")
     for o in outcomes:
