@@ -1,6 +1,8 @@
 """Scale check for `cme-bench report`: N runs x T tasks (with per-sample logs) must render in under 10 s.
 
-    .venv/bin/python benchmarks/report_scale.py [--runs 500] [--tasks 30] [--items 100] [--keep DIR]
+    .venv/bin/python benchmarks/report_scale.py [--runs 500] [--tasks 30] [--items 100] [--seeds 1] [--keep DIR]
+
+``--seeds N`` makes every N consecutive runs one configuration trained with seeds 0..N-1 (one aggregated row each).
 
 Writes synthetic run records into a temporary folder (not timed), then times reading + statistics + tables and the
 text/HTML outputs separately, and prints the size of the leaderboard page.
@@ -34,10 +36,11 @@ def fake_task_info(name: str):
     )
 
 
-def write_world(root: Path, n_runs: int, n_tasks: int, n_items: int, seed: int = 0) -> None:
+def write_world(root: Path, n_runs: int, n_tasks: int, n_items: int, seed: int = 0, seeds: int = 1) -> None:
     rng = np.random.default_rng(seed)
     for r in range(n_runs):
-        method = METHODS[r % len(METHODS)]
+        config_index = r // seeds
+        method = METHODS[config_index % len(METHODS)]
         folder = root / f"run{r:04d}"
         (folder / "samples").mkdir(parents=True)
         skill = rng.uniform(0.3, 0.9)
@@ -67,8 +70,9 @@ def write_world(root: Path, n_runs: int, n_tasks: int, n_items: int, seed: int =
             "run_id": folder.name,
             "name": f"{method} #{r}",
             "status": status,
-            "config": {"model": f"model{r % 3}", "adapter": method},
-            "model": {"name": f"model{r % 3}"},
+            "config": {"model": f"model{config_index % 3}", "adapter": method, "max_steps": config_index}
+            | ({"seed": r % seeds} if seeds > 1 else {}),
+            "model": {"name": f"model{config_index % 3}"},
             "adapter": None
             if method == "none"
             else {
@@ -96,6 +100,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=500)
     parser.add_argument("--tasks", type=int, default=30)
     parser.add_argument("--items", type=int, default=100)
+    parser.add_argument("--seeds", type=int, default=1, help="seeds per configuration (aggregated rows)")
     parser.add_argument("--keep", type=Path, default=None, help="write into this folder and keep it")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -103,7 +108,7 @@ def main() -> None:
         results, out = root / "results", root / "site"
         t0 = time.perf_counter()
         if not (results / "run0000" / "run.json").exists():  # --keep DIR a second time reuses the records
-            write_world(results, args.runs, args.tasks, args.items)
+            write_world(results, args.runs, args.tasks, args.items, seeds=args.seeds)
         t1, c1 = time.perf_counter(), time.process_time()
         report = build_report(results, task_info=fake_task_info, out=out)
         t2 = time.perf_counter()
@@ -112,7 +117,10 @@ def main() -> None:
         index = write_site(report, out)
         t4, c4 = time.perf_counter(), time.process_time()
         n_files = sum(1 for _ in out.rglob("*.html"))
-        print(f"{args.runs} runs x {args.tasks} tasks x {args.items} items (generation {t1 - t0:.1f} s, not timed)")
+        print(
+            f"{args.runs} runs x {args.tasks} tasks x {args.items} items, {args.seeds} seed(s) per configuration, "
+            f"{len(report.leaderboard.rows)} leaderboard rows (generation {t1 - t0:.1f} s, not timed)"
+        )
         print(f"read + statistics + tables: {t2 - t1:.2f} s")
         print(f"markdown/csv/latex/json:    {t3 - t2:.2f} s")
         print(f"HTML site ({n_files} pages):  {t4 - t3:.2f} s")

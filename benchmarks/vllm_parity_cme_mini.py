@@ -5,8 +5,8 @@ Run in the vLLM environment::
     .venv-vllm/bin/python benchmarks/vllm_parity_cme_mini.py --model smollm2-135m --limit 20 [--adapter DIR]
 
 Both backends evaluate the same CME-mini tasks (``taskreg.suite_tasks("cme-mini")``, same task configs) with the same
-``--limit``; the HF side is ``cme_bench.evaluate.evaluate`` (what ``--backend hf`` runs), the vLLM side
-``cme_bench.vllm_backend.evaluate``. Reported per task and overall: the share of items whose filtered prediction is
+``--limit``; both sides are ``cme_bench.evaluate.evaluate`` (what the runner runs), with ``backend="hf"`` and
+``backend="vllm"``. Reported per task and overall: the share of items whose filtered prediction is
 identical, and the two scores. HF batches with left padding (``--hf-batch-size``), which can flip near-tie greedy
 choices; ``--hf-batch-size 1`` removes that source of disagreement at the cost of time.
 """
@@ -33,7 +33,8 @@ def main() -> None:
 
     from cme_bench import taskreg, vllm_backend
     from cme_bench.adapters import load_adapter
-    from cme_bench.evaluate import evaluate as hf_evaluate
+    from cme_bench.backends import EvalTarget
+    from cme_bench.evaluate import evaluate
     from cme_bench.models import load_model, materialize
 
     vllm_backend.require_vllm()
@@ -44,12 +45,13 @@ def main() -> None:
     t0 = time.perf_counter()
     loaded = load_model(str(model_dir))
     model = load_adapter(loaded.model, args.adapter) if args.adapter else loaded.model
-    hf = hf_evaluate(model.eval(), loaded.tokenizer, tasks, limit=args.limit, batch_size=args.hf_batch_size)
+    target = EvalTarget(str(model_dir), args.adapter, model=model.eval(), tokenizer=loaded.tokenizer)
+    hf = evaluate(target, tasks, backend="hf", limit=args.limit, batch_size=args.hf_batch_size)
     hf_s = time.perf_counter() - t0
     del model, loaded
 
     t0 = time.perf_counter()
-    vl = vllm_backend.evaluate(model_dir, args.adapter, tasks, limit=args.limit)
+    vl = evaluate(EvalTarget(str(model_dir), args.adapter), tasks, backend="vllm", limit=args.limit)
     vllm_s = time.perf_counter() - t0
 
     rows: dict[str, dict[str, Any]] = {}
@@ -58,19 +60,11 @@ def main() -> None:
     for task in tasks:
         result = hf.tasks[task]
         hf_pred = {r["doc_id"]: r["prediction"] for r in result.samples}
-        metric = result.metric
-        # The metric key HF reported ("acc,none", "exact_match,strict-match"): same key and filter on the vLLM side.
-        key = next(k for k in hf.lm_eval["results"][task] if k.startswith(f"{metric},") and "_stderr" not in k)
-        filter_key = key.split(",", 1)[1]
-        vl_pred = {}
-        for s in vl["samples"][task]:
-            if s.get("filter", filter_key) != filter_key:
-                continue
-            resp = s["filtered_resps"][0] if s.get("filtered_resps") else None
-            vl_pred[s["doc_id"]] = resp if isinstance(resp, str) else str(resp)
+        metric = result.metric  # both sides pick the task registry's primary metric and its filter
+        vl_pred = {r["doc_id"]: r["prediction"] for r in vl.tasks[task].samples}
         common = sorted(set(hf_pred) & set(vl_pred))
         agree = sum(hf_pred[d].rstrip("\ufffd") == vl_pred[d].rstrip("\ufffd") for d in common)
-        vl_value = float(vl["results"][task].get(key, float("nan")))
+        vl_value = vl.tasks[task].value
         rows[task] = {"n": len(common), "agree": agree, "hf": result.value, "vllm": vl_value, "metric": metric}
         agree_all += agree
         n_all += len(common)

@@ -129,7 +129,7 @@ def main() -> None:
     import torch
 
     from cme_bench import vllm_backend
-    from cme_bench.vllm_backend.run import model_folder
+    from cme_bench.vllm_backend.backend import model_folder
 
     vllm_backend.require_vllm()
     model_dir = model_folder(args.model)

@@ -28,6 +28,7 @@ import torch
 import yaml
 from torch import nn
 
+from cme_bench.config import check_training
 from cme_bench.errors import CmeError, ConfigError, loading
 from cme_bench.paths import adapters_dir
 from cme_bench.registry import suggest
@@ -118,7 +119,7 @@ def preset_from_dict(data: dict[str, Any], *, name: str, path: Path | None = Non
         params=params,
         path=path,
         description=str(data.get("description") or spec.description).strip(),
-        training=dict(data.get("training") or {}),
+        training=check_training(dict(data.get("training") or {}), where=where),
         notes=[str(n) for n in data.get("notes") or []],
     )
 

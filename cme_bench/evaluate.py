@@ -1,12 +1,13 @@
-"""Evaluation through lm-evaluation-harness, on the in-memory adapted model.
+"""Evaluation through lm-evaluation-harness: the one per-task loop every backend shares, and the adapter probe.
 
-lm-eval receives the very model object we trained (``HFLM(pretrained=<model>)``), never a path it would reload with
-its own loader: a routed adapter can therefore never be silently replaced by a plain one. Before scoring,
-``check_adapter_applied`` compares the adapted model's logits with the base model's on a probe batch and fails loudly
-when they are equal.
+A backend (``cme_bench.backends``) only supplies the lm-eval ``LM``; ``run_tasks`` does the rest, identically for
+every backend: the same seeds and bootstrap iterations, the same primary-metric choice and per-sample rows. All
+tasks' requests go to the model together by default (lm-eval batches them across tasks); each task's summary (primary
+metric, stderr, n) and per-sample log is then handed over task by task. ``one_at_a_time`` evaluates and hands over
+each task as soon as it finishes instead (a killed evaluation keeps the finished tasks).
 
-Tasks run one at a time so that progress is reported per task, including lm-eval's scoring phase, and so that a
-per-task summary (primary metric, stderr, n) and per-sample log can be written as soon as each task finishes.
+Before scoring a trained adapter, ``check_adapter_applied`` compares the adapted model's logits with the base model's
+on a probe batch and fails loudly when they are equal.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from typing import Any
 
 import torch
 
+from cme_bench import backends
+from cme_bench.backends import DEFAULT_BACKEND, EvalBackend, EvalTarget
 from cme_bench.errors import CmeError
 
 log = logging.getLogger(__name__)
@@ -47,6 +50,7 @@ class EvalOutput:
     tasks: dict[str, TaskResult]
     lm_eval: dict[str, Any]
     seconds: float
+    backend_info: dict[str, Any] = field(default_factory=dict)  # EvalSession.describe
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -83,26 +87,6 @@ def check_adapter_applied(base_logits: torch.Tensor, model: torch.nn.Module, tok
 
 # --------------------------------------------------------------------------------------------------------------
 # lm-eval
-
-
-def _progress_lm(model: torch.nn.Module, tokenizer: Any, batch_size: int, on_phase: Callable[[str], None]):
-    """An HFLM over the in-memory model that reports when generation ends and scoring begins."""
-    from lm_eval.models.huggingface import HFLM
-
-    class ProgressHFLM(HFLM):
-        def generate_until(self, requests, disable_tqdm: bool = False):
-            on_phase(f"generating {len(requests)}")
-            out = super().generate_until(requests, disable_tqdm=disable_tqdm)
-            on_phase("scoring")
-            return out
-
-        def loglikelihood(self, requests, disable_tqdm: bool = False):
-            on_phase(f"scoring {len(requests)} continuations")
-            out = super().loglikelihood(requests, disable_tqdm=disable_tqdm)
-            on_phase("scoring")
-            return out
-
-    return ProgressHFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(model.device))
 
 
 def _pick_metric(task_results: dict[str, Any], primary: str | None) -> tuple[str, str]:
@@ -149,8 +133,8 @@ def simple_evaluate_kwargs(seed: int) -> dict[str, Any]:
     }
 
 
-def task_result(out: dict[str, Any], task: str, primary: str | None, started: float) -> TaskResult:
-    """One task's summary and per-sample rows from a ``simple_evaluate`` output (shared with the vLLM backend)."""
+def task_result(out: dict[str, Any], task: str, primary: str | None, seconds: float) -> TaskResult:
+    """One task's summary and per-sample rows from a ``simple_evaluate`` output."""
     task_results = out["results"].get(task)
     if task_results is None:
         raise CmeError(f"lm-eval returned no results for {task!r}")
@@ -164,62 +148,96 @@ def task_result(out: dict[str, Any], task: str, primary: str | None, started: fl
         value=float(task_results[key]),
         stderr=float(stderr) if isinstance(stderr, (int, float)) else None,
         n=len(rows),
-        seconds=round(time.perf_counter() - started, 3),
+        seconds=round(seconds, 3),
         samples=rows,
     )
 
 
-def evaluate(
-    model: torch.nn.Module,
-    tokenizer: Any,
+def run_tasks(
+    lm: Any,
     tasks: Sequence[str],
     *,
     include_path: Sequence[Path] = (),
     limit: int | None = None,
-    batch_size: int = 16,
     seed: int = 0,
     primary_metric: Callable[[str], str | None] | None = None,
     on_task_done: Callable[[TaskResult], None] | None = None,
     progress: bool = True,
+    one_at_a_time: bool = False,
 ) -> EvalOutput:
-    """Run ``tasks`` through lm-eval's ``simple_evaluate`` on the in-memory ``model``.
+    """The one evaluation loop: ``tasks`` through lm-eval's ``simple_evaluate`` on ``lm``, whatever the backend.
+
+    By default every task's requests go to the model together (one ``simple_evaluate`` call, as lm-eval's own CLI
+    does with several tasks: requests of one type are batched across tasks, and the fixed cost of a call is paid
+    once); the results are then handed to ``on_task_done`` task by task. ``one_at_a_time`` runs one call per task
+    instead, so that a task's results are recorded as soon as it finishes (a killed evaluation keeps them).
 
     Args:
+        lm: an lm-eval ``LM`` (``EvalSession.lm``). If it has an ``on_phase`` attribute, it is set to a callable that
+            shows the phase (generating, scoring) on the progress bar.
         limit: documents per task (None: the whole test part).
-        primary_metric: task name -> the metric that summarises it (the task registry's); else the first metric.
-        on_task_done: called after each task, e.g. to write its samples to disk at once.
+        primary_metric: task name -> the metric that summarises it; default: the task registry's.
+        on_task_done: called for each task, in order, e.g. to write its samples to disk at once.
     """
     from lm_eval import simple_evaluate
     from tqdm.auto import tqdm
 
     from cme_bench import taskreg
 
-    manager = taskreg.task_manager(include_path)
+    include = [Path(p) for p in include_path]
+    if primary_metric is None:
+
+        def primary_metric(task: str) -> str | None:
+            return taskreg.task_info(task, include).primary_metric
+
+    manager = taskreg.task_manager(include)
     bar = tqdm(total=len(tasks), desc="eval", disable=not progress)
-    lm = _progress_lm(model, tokenizer, batch_size, lambda phase: bar.set_postfix_str(f"{current}: {phase}"))
+    label = ""
+    if hasattr(lm, "on_phase"):
+        lm.on_phase = lambda phase: bar.set_postfix_str(f"{label}: {phase}")
     merged: dict[str, Any] = {"results": {}, "versions": {}, "n-samples": {}, "higher_is_better": {}, "configs": {}}
     results: dict[str, TaskResult] = {}
     t_all = time.perf_counter()
-    for current in tasks:
+    for chunk in [[t] for t in tasks] if one_at_a_time else [list(tasks)] if tasks else []:
         t0 = time.perf_counter()
-        bar.set_postfix_str(f"{current}: building prompts")
-        out = simple_evaluate(
-            model=lm,
-            tasks=[current],
-            limit=limit,
-            task_manager=manager,
-            **simple_evaluate_kwargs(seed),
-        )
+        label = chunk[0] if len(chunk) == 1 else f"{len(chunk)} tasks"
+        bar.set_postfix_str(f"{label}: building prompts")
+        out = simple_evaluate(model=lm, tasks=chunk, limit=limit, task_manager=manager, **simple_evaluate_kwargs(seed))
         if out is None:  # non-zero ranks under distributed evaluation
             continue
         for key in merged:
             merged[key].update(out.get(key, {}))
-        result = task_result(out, current, primary_metric(current) if primary_metric else None, t0)
-        results[current] = result
-        if on_task_done:
-            on_task_done(result)
-        bar.update(1)
-        bar.set_postfix_str(f"{current}: {result.metric}={result.value:.3f}")
-        log.info("%s: %s = %.4f (n=%d, %.1fs)", current, result.metric, result.value, result.n, result.seconds)
+        seconds = (time.perf_counter() - t0) / len(chunk)  # tasks run together share the call's time evenly
+        for task in chunk:
+            result = task_result(out, task, primary_metric(task), seconds)
+            results[task] = result
+            if on_task_done:
+                on_task_done(result)
+            bar.update(1)
+            bar.set_postfix_str(f"{task}: {result.metric}={result.value:.3f}")
+            log.info("%s: %s = %.4f (n=%d, %.1fs)", task, result.metric, result.value, result.n, result.seconds)
     bar.close()
     return EvalOutput(tasks=results, lm_eval=merged, seconds=round(time.perf_counter() - t_all, 3))
+
+
+def evaluate(
+    target: EvalTarget,
+    tasks: Sequence[str],
+    *,
+    backend: str | EvalBackend = DEFAULT_BACKEND,
+    batch_size: int = 16,
+    seed: int = 0,
+    **kwargs: Any,
+) -> EvalOutput:
+    """Evaluate one target with a backend (a registry name or an object) on a session of its own (``kwargs``: see
+    ``run_tasks``).
+
+    The runner and the sweep open sessions themselves (to share one between runs); this is the same path for one
+    target, for scripts and tests.
+    """
+    chosen = backends.get(backend) if isinstance(backend, str) else backend
+    chosen.check()
+    with chosen.open([target], seed=seed, batch_size=batch_size) as session:
+        out = run_tasks(session.lm(target), tasks, seed=seed, **kwargs)
+        out.backend_info = session.describe(target)
+    return out

@@ -207,6 +207,7 @@ def end(attempt: Attempt, *, ok: bool, started: bool = True) -> Path:
         if ok:
             if attempt.staged:
                 _swap_in(attempt.dir, attempt.final)
+                attempt.dir, attempt.staged = attempt.final, False
             return attempt.final
         if attempt.staged:
             shutil.rmtree(attempt.dir, ignore_errors=True)

@@ -1,10 +1,15 @@
-"""Run orchestration: train + evaluate + record one run, evaluate a base or saved adapter, and sweep adapters.
+"""Run orchestration in plain stages: prepare -> train -> save -> evaluate -> finish, and the sweep over adapters.
+
+``run`` (train and evaluate one adapter), ``train_only`` and ``evaluate_base_or_adapter`` chain the stages for one
+run; ``sweep`` calls the same stages itself: it trains every adapter first, then evaluates the runs in the groups the
+backend says can share one session (one engine for several adapters), opening each session once. The runner talks to
+evaluation backends only through ``cme_bench.backends`` (check, group, open a session, ask it for an lm-eval ``LM``);
+the per-task loop is ``cme_bench.evaluate.run_tasks``.
 
 Every stage updates ``results/<run-id>/run.json`` atomically, so a crash leaves a record that says how far the run
 got (``status: running``, or ``failed``/``cancelled`` with the error); ``--resume`` continues from the last
 checkpoint, or, when the adapter was already saved, evaluates it without training again. A failure inside a sweep is
-recorded and the sweep goes on; the caller learns from the returned statuses which runs failed. A ``--backend vllm``
-sweep trains every adapter first and then evaluates them on shared engines (``_sweep_vllm``).
+recorded and the sweep goes on; the caller learns from the returned statuses which runs failed.
 """
 
 from __future__ import annotations
@@ -14,26 +19,28 @@ import os
 import random
 import shutil
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from cme_bench import adapters, results, runlock, taskreg
+from cme_bench import adapters, backends, results, runlock, taskreg
+from cme_bench.backends import EvalBackend, EvalSession, EvalTarget
 from cme_bench.config import NO_ADAPTER, RunConfig
 from cme_bench.errors import CmeError
-from cme_bench.evaluate import EvalOutput, TaskResult, check_adapter_applied, evaluate, probe_logits
+from cme_bench.evaluate import TaskResult, check_adapter_applied, probe_logits, run_tasks
 from cme_bench.models import LoadedModel, architecture_info, load_model
-from cme_bench.train import TrainConfig, total_steps, train
+from cme_bench.train import TrainResult, total_steps, train
 
 log = logging.getLogger(__name__)
 # Fault injection for the resume-during-evaluation test: SIGKILL this process after recording that many tasks.
 KILL_AFTER_TASK_ENV = "CME_BENCH_KILL_AFTER_TASK"
 
 
-class RunRecord:
-    """The run folder and its ``run.json``, saved after every change."""
+class RunLog:
+    """The run folder and its ``run.json``, saved after every change (``report.load.RunRecord`` reads it back)."""
 
     def __init__(self, run_dir: Path, data: dict[str, Any], enabled: bool = True) -> None:
         self.dir, self.data, self.enabled = run_dir, data, enabled
@@ -62,13 +69,30 @@ class RunRecord:
         results.kill_point(KILL_AFTER_TASK_ENV, len(self.data["metrics"]))
 
 
-def _open_record(cfg: RunConfig, run_id: str, name: str) -> RunRecord:
+@dataclass
+class RunState:
+    """One run between stages: its config, record and tasks, the adapter to evaluate and the model in memory."""
+
+    cfg: RunConfig
+    record: RunLog
+    tasks: list[str]
+    adapter_dir: Path | None = None  # the saved adapter evaluation serves; None: the base model
+    model: Any = None  # the (adapted) model when this process holds it; backends that need it load it otherwise
+    tokenizer: Any = None
+
+    @property
+    def target(self) -> EvalTarget:
+        cfg = self.cfg
+        return EvalTarget(cfg.model, self.adapter_dir, cfg.trust_remote_code, self.model, self.tokenizer)
+
+
+def _open_record(cfg: RunConfig, run_id: str, name: str) -> RunLog:
     # One writer per run; a rerun over a good record is staged beside it (runlock). Ended by _guarded.
     attempt = runlock.begin(Path(cfg.output) / run_id, enabled=cfg.is_main_process())
     existing = results.read_run(attempt.final) if cfg.resume and not attempt.staged else None
     data = existing or results.new_record(run_id, name, cfg.to_dict())
     data.update(status="running", error=None, config=cfg.to_dict(), attempt=attempt.id)
-    record = RunRecord(attempt.dir, data, enabled=cfg.is_main_process())
+    record = RunLog(attempt.dir, data, enabled=cfg.is_main_process())
     record.attempt = attempt
     with runlock.closing(record, keep=True):
         record.save()
@@ -80,12 +104,11 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _check_backend(cfg: RunConfig) -> None:
-    """Fail before any work when ``--backend vllm`` cannot run here (not after hours of training)."""
-    if cfg.backend == "vllm":
-        from cme_bench import vllm_backend
-
-        vllm_backend.require_vllm()
+def _backend(cfg: RunConfig) -> EvalBackend:
+    """The run's evaluation backend, checked before any work (not after hours of training)."""
+    backend = backends.get(cfg.backend)
+    backend.check()
+    return backend
 
 
 def _finished(cfg: RunConfig, run_id: str) -> dict[str, Any] | None:
@@ -96,7 +119,7 @@ def _finished(cfg: RunConfig, run_id: str) -> dict[str, Any] | None:
     return results.read_run(Path(cfg.output) / run_id)
 
 
-def _load_base(cfg: RunConfig, record: RunRecord) -> tuple[LoadedModel, dict[str, Any]]:
+def _load_base(cfg: RunConfig, record: RunLog) -> tuple[LoadedModel, dict[str, Any]]:
     """Load the base model (seeded) and describe it in the record."""
     _seed_everything(cfg.seed)
     loaded = load_model(cfg.model, trust_remote_code=cfg.trust_remote_code)
@@ -135,74 +158,6 @@ def _training_records(cfg: RunConfig, tasks: list[str]) -> list[dict[str, str]]:
     return records
 
 
-def _train_config(cfg: RunConfig) -> TrainConfig:
-    return TrainConfig(
-        learning_rate=cfg.learning_rate,
-        batch_size=cfg.batch_size,
-        grad_accum=cfg.grad_accum,
-        max_steps=cfg.max_steps,
-        epochs=cfg.epochs,
-        max_seq_len=cfg.max_seq_len,
-        checkpoint_every=cfg.checkpoint_every,
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        seed=cfg.seed,
-    )
-
-
-def _evaluate(
-    cfg: RunConfig,
-    record: RunRecord,
-    model,
-    tokenizer,
-    tasks: list[str],
-    adapter_dir: Path | None,
-    vllm_engine=None,
-):
-    """Evaluate with the chosen backend and store the results in the record.
-
-    ``vllm_engine``: an engine already serving this adapter (a sweep's shared engine); otherwise one is started.
-    """
-    include = [Path(p) for p in cfg.include_path]
-    t0 = time.perf_counter()
-    if cfg.backend == "vllm":
-        from cme_bench import vllm_backend
-
-        out: EvalOutput = vllm_backend.evaluate_run(
-            record.data["model"]["spec"],
-            adapter_dir,
-            tasks,
-            limit=cfg.limit,
-            batch_size=cfg.eval_batch_size,
-            include_path=include,
-            seed=cfg.seed,
-            primary_metric=lambda t: taskreg.task_info(t, include).primary_metric,
-            on_task_done=record.add_task,
-            engine=vllm_engine,
-        )
-    else:
-        out = evaluate(
-            model,
-            tokenizer,
-            tasks,
-            include_path=include,
-            limit=cfg.limit,
-            batch_size=cfg.eval_batch_size,
-            seed=cfg.seed,
-            primary_metric=lambda t: taskreg.task_info(t, include).primary_metric,
-            on_task_done=record.add_task,
-        )
-    lm = out.lm_eval
-    record.data["evaluation"] = {
-        "backend": cfg.backend,
-        "batch_size": cfg.eval_batch_size,
-        "limit": cfg.limit,
-        "seconds": round(time.perf_counter() - t0, 3),
-        "lm_eval": {k: lm.get(k) for k in ("results", "versions", "n-samples", "higher_is_better", "configs")},
-    }
-    if cfg.backend == "vllm":  # how vLLM served the adapter: base, lora (by request), merged or routed
-        record.data["evaluation"]["vllm"] = (lm.get("config") or {}).get("vllm")
-
-
 def _costs(result, model, tokenizer) -> dict[str, Any]:
     """The cost figures this run observed: training throughput and HF generation latency (batch 1, 64+16 tokens)."""
     from cme_bench.profile import measure_inference
@@ -215,12 +170,13 @@ def _costs(result, model, tokenizer) -> dict[str, Any]:
     }
 
 
-def _finish(record: RunRecord, status: str, exc: BaseException | None = None) -> None:
+def finish(record: RunLog, status: str, exc: BaseException | None = None) -> None:
+    """The last stage: the run's final status (success, failed, cancelled), its error and the finishing time."""
     record.update(status=status, error=results.error_info(exc) if exc else None, finished_at=results.now())
 
 
-def _guarded(record: RunRecord, body, *, finish: bool = True) -> dict[str, Any]:
-    """Run ``body()``; if it raises, the record ends as failed or cancelled, else as success (when ``finish``).
+def _guarded(record: RunLog, body, *, last: bool = True) -> dict[str, Any]:
+    """Run ``body()``; if it raises, the record ends as failed or cancelled, else (when ``last``) as success.
 
     Either way the attempt ends (``runlock.closing``): the lock is released, a staged rerun is swapped in or dropped.
     """
@@ -228,81 +184,163 @@ def _guarded(record: RunRecord, body, *, finish: bool = True) -> dict[str, Any]:
         try:
             body()
         except KeyboardInterrupt as exc:
-            _finish(record, "cancelled", exc)
+            finish(record, "cancelled", exc)
             raise
         except Exception as exc:
-            _finish(record, "failed", exc)
+            finish(record, "failed", exc)
             raise
-        if finish:
-            _finish(record, "success")
+        if last:
+            finish(record, "success")
     return record.data
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Stages
+
+
+def prepare(cfg: RunConfig, run_id: str, name: str) -> RunState:
+    """Open (or, with ``resume``, reopen) the run's record; the next stage resolves its tasks (inside its guard)."""
+    record = _open_record(cfg, run_id, name)
+    return RunState(cfg, record, [])
+
+
+def _already_trained(state: RunState) -> bool:
+    """With ``resume``: the adapter was trained and saved (the run was interrupted during evaluation)."""
+    adapter_dir = state.record.dir / "adapter"
+    return bool(
+        state.cfg.resume and state.record.data.get("training") and (adapter_dir / "adapter_config.json").is_file()
+    )
+
+
+@dataclass
+class Trained:
+    """What the train stage hands to the save stage."""
+
+    model: torch.nn.Module
+    tokenizer: Any
+    result: TrainResult
+    base_info: dict[str, Any]
+    base_logits: torch.Tensor
+
+
+def train_stage(state: RunState) -> Trained:
+    """Load the base, apply ``cfg.adapter`` and fine-tune it on the suite's training mixture (every process)."""
+    cfg, record = state.cfg, state.record
+    preset = adapters.load_preset(cfg.adapter)
+    loaded, base_info = _load_base(cfg, record)
+    train_records = _training_records(cfg, state.tasks)
+    base_logits = probe_logits(loaded.model, loaded.tokenizer)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    _seed_everything(cfg.seed)  # adapter initialisation does not depend on what loading consumed
+    model = adapters.apply_adapter(
+        loaded.model, preset, total_steps=total_steps(len(train_records), cfg, world), seed=cfg.seed
+    )
+    record.update(adapter=_adapter_summary(model, preset=preset.name, path="adapter"))
+    result = train(model, loaded.tokenizer, train_records, cfg, out_dir=record.dir, resume=cfg.resume)
+    return Trained(model, loaded.tokenizer, result, base_info, base_logits)
+
+
+def save_stage(state: RunState, trained: Trained) -> None:
+    """Save ``adapter/``, record training and costs, check that the adapter changes the logits (main process)."""
+    record, model, tokenizer = state.record, trained.model, trained.tokenizer
+    adapters.save_adapter(model, record.dir / "adapter", base_info=trained.base_info)
+    shutil.rmtree(record.dir / "checkpoints", ignore_errors=True)  # the saved adapter supersedes them
+    # Expert load averaged over every training forward (not just the last batch).
+    record.update(training={**trained.result.to_dict(), "expert_load": adapters.expert_load(model, cumulative=True)})
+    check_adapter_applied(trained.base_logits, model, tokenizer)
+    record.update(costs=_costs(trained.result, model, tokenizer))
+    state.adapter_dir, state.model, state.tokenizer = record.dir / "adapter", model, tokenizer
+
+
+def train_and_save(state: RunState) -> None:
+    """The train and save stages, or neither when ``resume`` finds the adapter already saved."""
+    state.tasks = _tasks(state.cfg)
+    if _already_trained(state):
+        log.info("%s: adapter already trained (%s); not training again", state.record.dir.name, state.record.dir)
+        state.adapter_dir = state.record.dir / "adapter"
+        return
+    trained = train_stage(state)
+    if state.cfg.is_main_process():
+        save_stage(state, trained)
+
+
+def load_stage(state: RunState, adapter_path: Path | None) -> None:
+    """For a run that evaluates without training: load the base (and ``adapter_path``) and describe them."""
+    loaded, _ = _load_base(state.cfg, state.record)
+    state.tasks = _tasks(state.cfg)
+    model = loaded.model
+    if adapter_path is not None:
+        base_logits = probe_logits(model, loaded.tokenizer)
+        model = adapters.load_adapter(model, adapter_path)
+        state.record.update(adapter=_adapter_summary(model, path=str(adapter_path)))
+        check_adapter_applied(base_logits, model, loaded.tokenizer)
+    state.adapter_dir, state.model, state.tokenizer = adapter_path, model, loaded.tokenizer
+
+
+def evaluate_stage(state: RunState, session: EvalSession) -> None:
+    """Evaluate the run's target on an open session; every finished task is recorded at once."""
+    cfg, record, target = state.cfg, state.record, state.target
+    t0 = time.perf_counter()
+    out = run_tasks(
+        session.lm(target),
+        state.tasks,
+        include_path=[Path(p) for p in cfg.include_path],
+        limit=cfg.limit,
+        seed=cfg.seed,
+        on_task_done=record.add_task,
+        one_at_a_time=cfg.eval_one_at_a_time,
+    )
+    lm = out.lm_eval
+    record.data["evaluation"] = {
+        "backend": cfg.backend,
+        "batch_size": cfg.eval_batch_size,
+        "limit": cfg.limit,
+        "seconds": round(time.perf_counter() - t0, 3),
+        "lm_eval": {k: lm.get(k) for k in ("results", "versions", "n-samples", "higher_is_better", "configs")},
+        **session.describe(target),
+    }
+
+
+def _evaluate_alone(state: RunState, backend: EvalBackend) -> None:
+    """The evaluate stage on a session of the run's own."""
+    cfg = state.cfg
+    with backend.open([state.target], seed=cfg.seed, batch_size=cfg.eval_batch_size) as session:
+        evaluate_stage(state, session)
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Public entry points
 
 
-def run(cfg: RunConfig, *, do_eval: bool = True, evaluate_later: bool = False, vllm_engine=None) -> dict[str, Any]:
-    """Fine-tune ``cfg.adapter`` on the suite's training mixture, then (``do_eval``) evaluate it on the suite.
+def run(cfg: RunConfig) -> dict[str, Any]:
+    """Fine-tune ``cfg.adapter`` on the suite's training mixture, then evaluate it on the suite.
 
     With ``cfg.resume``, a run whose adapter was already trained and saved (the record has ``training`` and
-    ``adapter/`` exists: it was interrupted during evaluation) is not trained again. ``evaluate_later`` stops after
-    training and leaves the record ``running`` (a vLLM sweep evaluates all its adapters afterwards, on shared engines,
-    by calling ``run`` again with ``resume``). ``vllm_engine``: see ``_evaluate``.
+    ``adapter/`` exists: it was interrupted during evaluation) is not trained again, only evaluated.
     """
     if cfg.adapter == NO_ADAPTER:
-        return evaluate_base_or_adapter(cfg, adapter_path=None, vllm_engine=vllm_engine)
-    if do_eval:
-        _check_backend(cfg)
-    run_id = cfg.run_id(None if do_eval else "train")
+        return evaluate_base_or_adapter(cfg, adapter_path=None)
+    backend = _backend(cfg)
+    run_id = cfg.run_id()
     if (done := _finished(cfg, run_id)) is not None:
         return done
-    preset = adapters.load_preset(cfg.adapter)
-    record = _open_record(cfg, run_id, cfg.name or preset.name)
+    state = prepare(cfg, run_id, cfg.name or adapters.load_preset(cfg.adapter).name)
 
     def body() -> None:
-        tasks = _tasks(cfg)
-        adapter_dir = record.dir / "adapter"
-        if cfg.resume and record.data.get("training") and (adapter_dir / "adapter_config.json").is_file():
-            log.info("%s: adapter already trained (%s); not training again", run_id, adapter_dir)
-            if evaluate_later or not cfg.is_main_process():
-                return
-            model = tokenizer = None
-            if cfg.backend != "vllm":  # vLLM serves the saved folder; HF needs the model in memory
-                loaded = load_model(cfg.model, trust_remote_code=cfg.trust_remote_code)
-                model, tokenizer = adapters.load_adapter(loaded.model, adapter_dir), loaded.tokenizer
-        else:
-            model, tokenizer = _train(cfg, record, preset, tasks)
-            if model is None or evaluate_later:
-                return
-        if do_eval:
-            _evaluate(cfg, record, model, tokenizer, tasks, adapter_dir, vllm_engine)
+        train_and_save(state)
+        if cfg.is_main_process():
+            _evaluate_alone(state, backend)
 
-    return _guarded(record, body, finish=not evaluate_later)
+    return _guarded(state.record, body)
 
 
-def _train(cfg: RunConfig, record: RunRecord, preset, tasks: list[str]):
-    """Train, save ``adapter/``, record training and costs; ``(model, tokenizer)``, ``(None, None)`` off rank 0."""
-    loaded, base_info = _load_base(cfg, record)
-    train_records = _training_records(cfg, tasks)
-    base_logits = probe_logits(loaded.model, loaded.tokenizer)
-    tcfg = _train_config(cfg)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    _seed_everything(cfg.seed)  # adapter initialisation does not depend on what loading consumed
-    model = adapters.apply_adapter(
-        loaded.model, preset, total_steps=total_steps(len(train_records), tcfg, world), seed=cfg.seed
-    )
-    record.update(adapter=_adapter_summary(model, preset=preset.name, path="adapter"))
-    result = train(model, loaded.tokenizer, train_records, tcfg, out_dir=record.dir, resume=cfg.resume)
-    if not cfg.is_main_process():
-        return None, None
-    adapters.save_adapter(model, record.dir / "adapter", base_info=base_info)
-    shutil.rmtree(record.dir / "checkpoints", ignore_errors=True)  # the saved adapter supersedes them
-    # Expert load averaged over every training forward (not just the last batch).
-    record.update(training={**result.to_dict(), "expert_load": adapters.expert_load(model, cumulative=True)})
-    check_adapter_applied(base_logits, model, loaded.tokenizer)
-    record.update(costs=_costs(result, model, loaded.tokenizer))
-    return model, loaded.tokenizer
+def train_only(cfg: RunConfig) -> dict[str, Any]:
+    """Fine-tune and save ``cfg.adapter`` without evaluating it (run id suffix ``train``)."""
+    run_id = cfg.run_id("train")
+    if (done := _finished(cfg, run_id)) is not None:
+        return done
+    state = prepare(cfg, run_id, cfg.name or adapters.load_preset(cfg.adapter).name)
+    return _guarded(state.record, lambda: train_and_save(state))
 
 
 def _adapter_label(path: Path) -> str:
@@ -311,57 +349,101 @@ def _adapter_label(path: Path) -> str:
     return results.slug(path.parent.name if path.name == "adapter" else path.name)
 
 
-def evaluate_base_or_adapter(cfg: RunConfig, adapter_path: Path | None, *, vllm_engine=None) -> dict[str, Any]:
-    """Evaluate the base model (``adapter_path`` None) or a saved adapter (ours or PEFT's) on the suite."""
-    _check_backend(cfg)
+def _eval_only_config(cfg: RunConfig, adapter_path: Path | None) -> tuple[RunConfig, str, str]:
+    """The config, run id and display name of a run that evaluates the base model or a saved adapter."""
     label = NO_ADAPTER if adapter_path is None else _adapter_label(adapter_path)
     cfg = replace(cfg, adapter=label)
-    run_id = cfg.run_id(None if adapter_path is None else "eval")
+    return (
+        cfg,
+        cfg.run_id(None if adapter_path is None else "eval"),
+        cfg.name or ("base" if adapter_path is None else label),
+    )
+
+
+def evaluate_base_or_adapter(cfg: RunConfig, adapter_path: Path | None) -> dict[str, Any]:
+    """Evaluate the base model (``adapter_path`` None) or a saved adapter (ours or PEFT's) on the suite."""
+    backend = _backend(cfg)
+    cfg, run_id, name = _eval_only_config(cfg, adapter_path)
     if (done := _finished(cfg, run_id)) is not None:
         return done
-    record = _open_record(cfg, run_id, cfg.name or ("base" if adapter_path is None else label))
+    state = prepare(cfg, run_id, name)
 
     def body() -> None:
-        loaded, _ = _load_base(cfg, record)
-        tasks = _tasks(cfg)
-        model = loaded.model
-        if adapter_path is not None:
-            base_logits = probe_logits(model, loaded.tokenizer)
-            model = adapters.load_adapter(model, adapter_path)
-            record.update(adapter=_adapter_summary(model, path=str(adapter_path)))
-            check_adapter_applied(base_logits, model, loaded.tokenizer)
-        _evaluate(cfg, record, model, loaded.tokenizer, tasks, adapter_path, vllm_engine)
+        load_stage(state, adapter_path)
+        _evaluate_alone(state, backend)
 
-    return _guarded(record, body)
+    return _guarded(state.record, body)
 
 
 def sweep(cfg: RunConfig, adapter_names: list[str], *, baseline: bool = True) -> list[dict[str, Any]]:
     """Run every adapter with identical data, seed and budget; failures are recorded and the sweep goes on.
 
-    With ``backend="vllm"`` all adapters are trained first, then evaluated on as few engines as possible: the base
-    model and every LoRA-family adapter on one engine (adapters by request), each routed or merged adapter on its own.
+    Stages: train and save every adapter first; then evaluate the runs group by group, each group on one session of
+    the backend (``EvalBackend.group_key``: e.g. the base model and every LoRA-family adapter on one vLLM engine).
     """
-    _check_backend(cfg)
+    backend = _backend(cfg)
     names = ([NO_ADAPTER] if baseline else []) + adapter_names
-    if cfg.backend == "vllm":
-        return _sweep_vllm(cfg, names)
-    outcomes: list[dict[str, Any]] = []
+    outcomes: dict[str, dict[str, Any]] = {}
+    pending: dict[str, RunState] = {}  # runs left to evaluate
     for i, name in enumerate(names, 1):
-        log.info("sweep %d/%d: %s", i, len(names), name)
-        outcomes.append(_sweep_step(cfg, name, run))
+        one = replace(cfg, adapter=name, name=None)
+        try:
+            if name == NO_ADAPTER:
+                one, run_id, label = _eval_only_config(one, None)
+            else:
+                run_id, label = one.run_id(), adapters.load_preset(name).name
+            if (done := _finished(one, run_id)) is not None:
+                outcomes[name] = _outcome(name, done)
+                continue
+            state = prepare(one, run_id, label)
+            if name != NO_ADAPTER:
+                log.info("sweep %d/%d: training %s", i, len(names), name)
+                _guarded(state.record, partial(train_and_save, state), last=False)
+                state.model = state.tokenizer = None  # evaluation loads it again when it needs it: memory stays flat
+            pending[name] = state
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # recorded in run.json by the stage's guard (or below); the sweep goes on
+            outcomes[name] = _record_failure(one, exc)
+    if not cfg.is_main_process():  # other ranks only help training
+        return [outcomes.get(n) or _outcome(n, {**pending[n].record.data, "status": "success"}) for n in names]
+    groups, unservable = backends.group_targets(backend, {n: s.target for n, s in pending.items()})
+    for name, exc in unservable.items():
+        outcomes[name] = _record_failure(pending[name].cfg, exc)
+    for members in groups:
+        log.info("sweep: one evaluation session for %s", ", ".join(members))
+        outcomes.update(_evaluate_group(backend, cfg, {n: pending[n] for n in members}))
+    return [outcomes[n] for n in names]
+
+
+def _evaluate_group(backend: EvalBackend, cfg: RunConfig, states: dict[str, RunState]) -> dict[str, dict[str, Any]]:
+    """Evaluate runs that share one session; a session that does not open fails them all, the sweep goes on."""
+    outcomes: dict[str, dict[str, Any]] = {}
+    try:
+        session = backend.open([s.target for s in states.values()], seed=cfg.seed, batch_size=cfg.eval_batch_size)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        return {name: _record_failure(s.cfg, exc) for name, s in states.items()}
+    with session:
+        for name, state in states.items():
+
+            def body(state: RunState = state, name: str = name) -> None:
+                if name == NO_ADAPTER:
+                    load_stage(state, None)
+                evaluate_stage(state, session)
+
+            try:
+                outcomes[name] = _outcome(name, _guarded(state.record, body))
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:  # recorded in run.json by the guard
+                outcomes[name] = _record_failure(state.cfg, exc)
     return outcomes
 
 
-def _sweep_step(cfg: RunConfig, name: str, step, **kwargs: Any) -> dict[str, Any]:
-    """``step(one, **kwargs)`` for adapter ``name``; a failure is recorded and returned as the outcome."""
-    one = replace(cfg, adapter=name, name=None)
-    try:
-        record = step(one, **kwargs)
-        return {"adapter": name, "run_id": record["run_id"], "status": record["status"]}
-    except KeyboardInterrupt:
-        raise
-    except Exception as exc:  # recorded in run.json by run(); the sweep goes on
-        return _record_failure(one, exc)
+def _outcome(name: str, record: dict[str, Any]) -> dict[str, Any]:
+    return {"adapter": name, "run_id": record["run_id"], "status": record["status"]}
 
 
 def _record_failure(one: RunConfig, exc: Exception) -> dict[str, Any]:
@@ -374,44 +456,8 @@ def _record_failure(one: RunConfig, exc: Exception) -> dict[str, Any]:
     existing = results.read_run(run_file.parent)
     if existing is None or existing.get("status") == "running":
         # The failure came before the record existed (e.g. an invalid preset), or outside the run's own guard
-        # (a shared engine that did not start): record it now.
+        # (a session that did not open): record it now.
         rec = existing or results.new_record(run_id, one.adapter, one.to_dict())
         rec.update(status="failed", error=results.error_info(exc), finished_at=results.now())
         results.write_json_atomic(run_file, rec)
     return {"adapter": one.adapter, "run_id": run_id, "status": "failed", "error": str(exc)}
-
-
-def _sweep_vllm(cfg: RunConfig, names: list[str]) -> list[dict[str, Any]]:
-    """Train every adapter (HF), then evaluate base and adapters on shared vLLM engines (``plans_by_engine``)."""
-    from cme_bench import vllm_backend
-    from cme_bench.vllm_backend.engine import Engine, plans_by_engine
-    from cme_bench.vllm_backend.run import model_folder
-
-    outcomes: dict[str, dict[str, Any]] = {}
-    for i, name in enumerate(names, 1):
-        if name != NO_ADAPTER:
-            log.info("sweep %d/%d: training %s", i, len(names), name)
-            outcomes[name] = _sweep_step(cfg, name, run, evaluate_later=True)
-    ready = [n for n in names if n == NO_ADAPTER or outcomes[n]["status"] == "running"]
-    model_dir = model_folder(cfg.model)
-    plans = {}
-    for name in ready:
-        adapter_dir = None if name == NO_ADAPTER else Path(cfg.output) / outcomes[name]["run_id"] / "adapter"
-        try:
-            plans[name] = vllm_backend.plan(model_dir, adapter_dir)
-        except Exception as exc:  # e.g. an adapter vLLM cannot serve: that run fails, the others go on
-            outcomes[name] = _record_failure(replace(cfg, adapter=name, name=None), exc)
-    for group in plans_by_engine(list(plans.values())):
-        members = [n for n, p in plans.items() if p in group]
-        log.info("sweep: one vLLM engine for %s", ", ".join(members))
-        try:
-            engine = Engine(group, seed=cfg.seed)
-        except Exception as exc:  # every run of this engine fails; the other engines go on
-            for name in members:
-                outcomes[name] = _record_failure(replace(cfg, adapter=name, name=None), exc)
-            continue
-        with engine:
-            for name in members:
-                # resume: the record and the adapter trained above are picked up, training is not repeated
-                outcomes[name] = _sweep_step(replace(cfg, resume=True), name, run, vllm_engine=engine)
-    return [outcomes[n] for n in names]

@@ -21,6 +21,7 @@ import os
 import shutil
 import tempfile
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,70 +30,16 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from cme_bench import adapters
-from cme_bench.errors import CmeError, ConfigError
+from cme_bench.config import TrainConfig
+from cme_bench.errors import CmeError
 from cme_bench.results import kill_point, peak_memory_bytes
+from cme_bench.tuners.tokens import token_segments
 
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 # Fault injection for the kill-and-resume test: SIGKILL this process right after the given optimiser step.
 KILL_AFTER_STEP_ENV = "CME_BENCH_KILL_AFTER_STEP"
-
-
-@dataclass
-class TrainConfig:
-    """Training hyperparameters. Defaults follow the LoRAMoE/TeamLoRA family (lr 2e-4, cosine, warmup 3%).
-
-    Args:
-        learning_rate: peak AdamW learning rate.
-        batch_size: micro-batch size per process.
-        grad_accum: micro-batches per optimiser step.
-        max_steps: optimiser steps; 0 means ``epochs`` passes over the data.
-        epochs: passes over the data when ``max_steps`` is 0.
-        max_seq_len: prompt+target tokens kept per example (the prompt is cut from the left if needed).
-        warmup_ratio: share of the steps spent warming up linearly.
-        weight_decay: AdamW weight decay.
-        max_grad_norm: gradient clipping norm (0 disables).
-        checkpoint_every: optimiser steps between checkpoints (0 disables).
-        gradient_checkpointing: trade compute for activation memory.
-        mixed_precision: "auto" (bf16 on a bf16-capable GPU, fp32 otherwise), "no" or "bf16".
-        seed: data order, dropout and initialisation seed.
-    """
-
-    learning_rate: float = 2e-4
-    batch_size: int = 8
-    grad_accum: int = 1
-    max_steps: int = 0
-    epochs: float = 1.0
-    max_seq_len: int = 512
-    warmup_ratio: float = 0.03
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    checkpoint_every: int = 50
-    gradient_checkpointing: bool = False
-    mixed_precision: str = "auto"
-    seed: int = 0
-    log_every: int = 1
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        problems = []
-        for name in ("batch_size", "grad_accum", "max_seq_len", "log_every"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        for name in ("max_steps", "checkpoint_every", "weight_decay", "max_grad_norm"):
-            if getattr(self, name) < 0:
-                problems.append(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        if not self.learning_rate > 0:
-            problems.append(f"learning_rate must be > 0, got {self.learning_rate!r}")
-        if self.max_steps == 0 and not self.epochs > 0:
-            problems.append(f"epochs must be > 0 when max_steps is 0, got {self.epochs!r}")
-        if not 0 <= self.warmup_ratio < 1:
-            problems.append(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
-        if self.mixed_precision not in ("auto", "no", "bf16"):
-            problems.append(f"mixed_precision must be auto, no or bf16, got {self.mixed_precision!r}")
-        if problems:
-            raise ConfigError(problems, "training config")
 
 
 @dataclass
@@ -108,6 +55,10 @@ class TrainResult:
     world_size: int
     rank_adapter_sha256: list[str]
     aux_loss_curve: list[list[float]] = field(default_factory=list)
+    # ``tokens`` and ``tokens_per_second`` count real tokens (prompt + target, no padding); ``positions`` counts
+    # every position the model computed, padding included, so 1 - tokens / positions is the padding share.
+    positions: int = 0
+    packing: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -134,7 +85,10 @@ def tokenize_pairs(records: list[dict[str, str]], tokenizer: Any, max_seq_len: i
 
 
 def collate(examples: list[dict[str, list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a micro-batch; padding is masked out of attention and of the loss."""
+    """Right-pad a micro-batch, one example per row; padding is masked out of attention and of the loss.
+
+    ``segments`` (the example index of each real token, -1 on padding) tells routed layers which positions are real.
+    """
     width = max(len(e["input_ids"]) for e in examples)
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
@@ -144,7 +98,69 @@ def collate(examples: list[dict[str, list[int]]], pad_id: int) -> dict[str, torc
         ids[i, :n] = torch.tensor(e["input_ids"])
         labels[i, :n] = torch.tensor(e["labels"])
         mask[i, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    segments = torch.where(mask.bool(), torch.arange(len(examples)).unsqueeze(1), -1)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "segments": segments}
+
+
+def pack_rows(lengths: list[int], width: int) -> list[list[int]]:
+    """First-fit decreasing: indices into ``lengths`` grouped into rows of at most ``width`` tokens (order kept
+    inside a row). A longer example gets a row of its own."""
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        slot = next((r for r, room in enumerate(free) if lengths[i] <= room), None)
+        if slot is None:
+            rows.append([i])
+            free.append(width - lengths[i])
+        else:
+            rows[slot].append(i)
+            free[slot] -= lengths[i]
+    return [sorted(r) for r in rows]
+
+
+def collate_packed(examples: list[dict[str, list[int]]], pad_id: int, width: int) -> dict[str, torch.Tensor]:
+    """Concatenate a micro-batch into rows of at most ``width`` tokens, without padding between examples.
+
+    Position ids restart at 0 for every example, and no attention mask is passed: transformers then confines
+    attention to each example (its packed-sequence support, as ``DataCollatorWithFlattening`` uses it). The first
+    label of every example is masked, so no example learns from the one before it (position 0 of an unpacked row
+    predicts nothing either). Rows shorter than the longest are filled with padding that forms its own sequence,
+    carries no label and counts as no token (``segments`` -1).
+    """
+    rows = pack_rows([len(e["input_ids"]) for e in examples], width)
+    row_len = max(sum(len(examples[i]["input_ids"]) for i in row) for row in rows)
+    ids = torch.full((len(rows), row_len), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), row_len), IGNORE_INDEX, dtype=torch.long)
+    positions = torch.zeros((len(rows), row_len), dtype=torch.long)
+    segments = torch.full((len(rows), row_len), -1, dtype=torch.long)
+    for r, row in enumerate(rows):
+        at = 0
+        for i in row:
+            e, n = examples[i], len(examples[i]["input_ids"])
+            ids[r, at : at + n] = torch.tensor(e["input_ids"])
+            labels[r, at + 1 : at + n] = torch.tensor(e["labels"][1:])
+            positions[r, at : at + n] = torch.arange(n)
+            segments[r, at : at + n] = i
+            at += n
+        positions[r, at:] = torch.arange(row_len - at)  # the filler restarts too: a sequence of its own
+    return {"input_ids": ids, "position_ids": positions, "labels": labels, "segments": segments}
+
+
+def split_micro_batches(indices: list[int], lengths: list[int], cfg: TrainConfig) -> list[list[int]]:
+    """One optimiser step's examples (of this process) cut into micro-batches: by ``tokens_per_batch`` when it is
+    set (consecutive examples while their tokens fit; an example longer than the budget goes alone), else by
+    ``batch_size`` examples."""
+    if not cfg.tokens_per_batch:
+        return [indices[i : i + cfg.batch_size] for i in range(0, len(indices), cfg.batch_size)]
+    out: list[list[int]] = [[]]
+    used = 0
+    for i in indices:
+        if out[-1] and used + lengths[i] > cfg.tokens_per_batch:
+            out.append([])
+            used = 0
+        out[-1].append(i)
+        used += lengths[i]
+    return out
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -153,8 +169,8 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n, generator=gen).tolist()
 
 
-def micro_batches(n: int, cfg: TrainConfig, rank: int, world: int, start: int = 0):
-    """Yield (step, micro-batch indices) from optimiser step ``start`` on; each rank takes its own slice.
+def step_examples(n: int, cfg: TrainConfig, rank: int, world: int, start: int = 0):
+    """Yield (step, this process's example indices) from optimiser step ``start`` on; each rank takes its slice.
 
     Every epoch yields at least one step: fewer examples than one step needs is refused (``check_fits``), never an
     endless search for a full batch.
@@ -168,7 +184,7 @@ def micro_batches(n: int, cfg: TrainConfig, rank: int, world: int, start: int = 
             if step >= start:
                 chunk = order[first : first + per_step]
                 mine = chunk[rank::world]
-                yield step, [mine[i : i + cfg.batch_size] for i in range(0, len(mine), cfg.batch_size)]
+                yield step, mine
             step += 1
         epoch += 1
 
@@ -291,12 +307,8 @@ def train(
     # 1. Processes, precision, data.
     # Routed adapters with top-k routing leave some experts without gradient in a step; DDP must tolerate that.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
-    acc = Accelerator(
-        mixed_precision=_mixed_precision(cfg),
-        gradient_accumulation_steps=cfg.grad_accum,  # accelerate divides the loss and syncs on the last micro-batch
-        kwargs_handlers=[ddp],
-        cpu=not torch.cuda.is_available(),
-    )
+    # Accumulation is ours (``_step``): the loss is normalised by the step's target tokens, not by a micro-batch count.
+    acc = Accelerator(mixed_precision=_mixed_precision(cfg), kwargs_handlers=[ddp], cpu=not torch.cuda.is_available())
     rank, world = acc.process_index, acc.num_processes
     examples = tokenize_pairs(records, tokenizer, cfg.max_seq_len)
     steps = total_steps(len(examples), cfg, world)
@@ -326,24 +338,20 @@ def train(
 
     # 4. Train.
     bar = tqdm(total=steps, initial=start, desc="train", disable=not progress or not acc.is_main_process)
-    tokens, seen, t0 = 0, 0, time.perf_counter()
-    for step, batches in micro_batches(len(examples), cfg, rank, world, start):
+    tokens, positions, seen, t0 = 0, 0, 0, time.perf_counter()
+    lengths = [len(e["input_ids"]) for e in examples]
+    selective = _accepts_logits_to_keep(model)
+    for step, mine in step_examples(len(examples), cfg, rank, world, start):
         if step >= steps:
             break
-        step_loss, step_aux = 0.0, 0.0
-        for micro in batches:
-            batch = {
-                k: v.to(acc.device) for k, v in collate([examples[i] for i in micro], tokenizer.pad_token_id).items()
-            }
-            with acc.accumulate(ddp_model), acc.autocast():
-                out = ddp_model(**batch)
-                aux = adapters.aux_loss(model)  # routed adapters' balance losses, already weighted
-                loss = out.loss + (aux if aux is not None else 0.0)
-                acc.backward(loss)
-            step_loss += out.loss.item() / len(batches)
-            step_aux += (aux.item() if aux is not None else 0.0) / len(batches)
-            tokens += int(batch["attention_mask"].sum())
-            seen += len(micro)
+        batches = [
+            _collate(cfg, [examples[i] for i in micro], tokenizer.pad_token_id, selective)
+            for micro in split_micro_batches(mine, lengths, cfg)
+        ]
+        step_loss, step_aux = _step(acc, ddp_model, model, batches)
+        tokens += sum(int((b["segments"] >= 0).sum()) for b in batches)
+        positions += sum(b["segments"].numel() for b in batches)
+        seen += len(mine)
         if cfg.max_grad_norm:
             acc.clip_grad_norm_(params, cfg.max_grad_norm)
         optimizer.step()
@@ -385,4 +393,61 @@ def train(
         world_size=world,
         rank_adapter_sha256=list(digests),
         aux_loss_curve=aux_curve,
+        positions=int(acc.reduce(torch.tensor(positions, device=acc.device), "sum")) if world > 1 else positions,
+        packing=cfg.packing,
     )
+
+
+def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
+    """Whether the model's forward can project only selected positions onto the vocabulary (transformers' boolean
+    ``logits_to_keep``); otherwise every position's logits are computed and the loss masks them."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
+def _collate(cfg: TrainConfig, examples: list[dict[str, list[int]]], pad_id: int, selective: bool) -> dict[str, Any]:
+    """One micro-batch as model inputs: packed or padded, with the loss targets and the token segments.
+
+    With ``selective``, logits are computed only where a label follows (``logits_to_keep``, a boolean mask over the
+    positions) and the loss gets those labels already shifted: prompt positions, most of every example, never reach
+    the vocabulary projection. The loss is the same cross-entropy over the same targets.
+    """
+    batch = collate_packed(examples, pad_id, cfg.max_seq_len) if cfg.packing else collate(examples, pad_id)
+    labels = batch.pop("labels")
+    shifted = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+    keep = shifted != IGNORE_INDEX
+    if selective:
+        batch.update(logits_to_keep=keep, labels=shifted[keep], shift_labels=shifted[keep])
+    else:
+        batch.update(labels=labels)
+    batch["targets"] = int(keep.sum())
+    # No KV cache in training; transformers also confines attention to packed examples only without a cache.
+    batch["use_cache"] = False
+    return batch
+
+
+def _step(acc, ddp_model, model, batches: list[dict[str, Any]]) -> tuple[float, float]:
+    """Forward and backward over one optimiser step's micro-batches; returns (LM loss, weighted aux loss).
+
+    The LM loss is the cross-entropy summed over the step's target tokens divided by their number
+    (``num_items_in_batch``), so cutting a step into micro-batches, by count or by tokens, does not change the
+    gradient. Each micro-batch's auxiliary loss (routed adapters' balance losses) weighs by its share of the
+    step's targets. Gradients are synchronised across processes on the last micro-batch only.
+    """
+    total = sum(b["targets"] for b in batches)
+    step_loss = step_aux = 0.0
+    for j, batch in enumerate(batches):
+        share = batch["targets"] / total
+        inputs = {k: v.to(acc.device) if torch.is_tensor(v) else v for k, v in batch.items() if k != "targets"}
+        segments = inputs.pop("segments")
+        sync = j == len(batches) - 1
+        with nullcontext() if sync else acc.no_sync(ddp_model), acc.autocast(), token_segments(segments):
+            out = ddp_model(**inputs, num_items_in_batch=total)
+            aux = adapters.aux_loss(model)  # routed adapters' balance losses, already weighted
+            loss = out.loss + (aux * share if aux is not None else 0.0)
+            acc.backward(loss)
+        step_loss += out.loss.item()
+        step_aux += aux.item() * share if aux is not None else 0.0
+    return step_loss, step_aux

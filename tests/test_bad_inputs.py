@@ -620,27 +620,27 @@ def test_report_skips_unfinished_attempts(tmp_path: Path):
 
 
 def test_hang_is_bounded():
-    """A step larger than the mixture used to loop forever in micro_batches; now it is refused at once.
+    """A step larger than the mixture used to loop forever in step_examples; now it is refused at once.
 
     Run in a daemon thread with a bounded join, so the old behaviour fails this test instead of hanging the suite.
     """
     import threading
 
     from cme_bench.errors import CmeError
-    from cme_bench.train import TrainConfig, micro_batches
+    from cme_bench.train import TrainConfig, step_examples
 
     outcome: list[BaseException | object] = []
 
     def first_batch() -> None:
         try:
-            outcome.append(next(micro_batches(16, TrainConfig(batch_size=64, max_steps=2), rank=0, world=1)))
+            outcome.append(next(step_examples(16, TrainConfig(batch_size=64, max_steps=2), rank=0, world=1)))
         except BaseException as exc:  # handed to the test thread
             outcome.append(exc)
 
     worker = threading.Thread(target=first_batch, daemon=True)
     worker.start()
     worker.join(timeout=30)
-    assert outcome, "micro_batches did not return within 30 s (an endless wait for a batch)"
+    assert outcome, "step_examples did not return within 30 s (an endless wait for a batch)"
     assert isinstance(outcome[0], CmeError) and "fewer than one optimiser step" in str(outcome[0])
 
 

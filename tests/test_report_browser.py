@@ -1,7 +1,8 @@
 """The HTML leaderboard in a real headless Chromium (Debian's ``chromium`` package driven by Playwright).
 
-Never runs ``playwright install``: the browser is /usr/bin/chromium. Screenshots go to ``results/screenshots/``
-(ignored by git). Install with ``apt-get install -y chromium`` and ``pip install playwright``.
+Never runs ``playwright install``: the browser is /usr/bin/chromium. Screenshots go to ``screenshots/`` (ignored by
+git; the layout tests save the leaderboard at phone, tablet and desktop widths there). Install with
+``apt-get install -y chromium`` and ``pip install playwright``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-SCREENSHOTS = Path(__file__).resolve().parents[1] / "results" / "screenshots"
+SCREENSHOTS = Path(__file__).resolve().parents[1] / "screenshots"  # git-ignored
 EVIL = "<script>alert(1)</script>"
 
 
@@ -161,4 +162,181 @@ def test_other_pages_render(site, page):
 
 def test_screenshots_folder_is_ignored():
     gitignore = (Path(__file__).resolve().parents[1] / ".gitignore").read_text()
-    assert "/results/*" in gitignore
+    assert "/results/*" in gitignore and "/screenshots/" in gitignore
+
+
+# --- reading the leaderboard: score-first layout, ties, seeds, evaluation sets, references, cost plots ----------
+
+WIDTHS = {"desktop": (1280, 800), "tablet": (800, 900), "phone": (390, 844)}
+
+
+@pytest.fixture(scope="module")
+def default_site(tmp_path_factory) -> Path:
+    from test_report_fixtures import build_default_world
+
+    from cme_bench.taskreg import suite_tasks, task_info
+
+    root = tmp_path_factory.mktemp("default")
+    results = build_default_world(root / "results", suite_tasks("cme-mini"))
+    out = root / "site"
+    write_site(build_report(results, task_info=task_info, out=out, n_boot=200), out)
+    return out
+
+
+def _inside(box, width, height) -> bool:
+    return box["x"] >= 0 and box["y"] >= 0 and box["x"] + box["width"] <= width and box["y"] + box["height"] <= height
+
+
+@pytest.mark.parametrize("device", WIDTHS)
+def test_first_score_cell_is_on_the_first_screen(default_site, browser, device):
+    width, height = WIDTHS[device]
+    page = browser.new_page(viewport={"width": width, "height": height})
+    problems = []
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.on("request", lambda r: r.url.startswith("file://") or problems.append(r.url))
+    page.goto((default_site / "index.html").as_uri())
+    first = page.locator("#board tbody tr").first
+    ids = page.eval_on_selector_all("#board tbody tr", "rows => rows.map(r => r.dataset.id)")
+    assert max(map(len, ids)) >= len("smollm2-135m--moelora-fused--cme-mini--s0--1a2b3c4d")  # long ids in the data
+    score = first.locator("td[data-group=aggregate]").first
+    assert _inside(score.bounding_box(), width, height), (device, score.bounding_box())
+    assert _inside(first.locator("td[data-key=rank]").bounding_box(), width, height)
+    label = first.locator("td[data-key=run]")
+    assert label.get_attribute("title").startswith("smollm2-135m--")  # full id on hover
+    SCREENSHOTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"leaderboard-{device}-{width}.png"))
+    # Scrolled sideways, rank and label stay where they were (sticky).
+    before = label.bounding_box()["x"]
+    page.locator("#board").evaluate("t => t.parentElement.scrollLeft = 600")
+    assert label.bounding_box()["x"] == pytest.approx(before, abs=1)
+    page.screenshot(path=str(SCREENSHOTS / f"leaderboard-{device}-{width}-scrolled.png"))
+    page.close()
+    assert problems == []
+
+
+def _site(tmp_path, build) -> Path:
+    results = tmp_path / "results"
+    build(results)
+    out = tmp_path / "site"
+    write_site(build_report(results, task_info=fake_task_info, out=out, n_boot=300), out)
+    return out
+
+
+def test_all_tied_rows_are_grouped_and_not_bold(tmp_path, page):
+    from test_report_fixtures import write_run
+
+    def build(root):
+        # 20 documents, equal or nearly equal means, different items right: nobody is separable
+        for method, a in (("lora", [1, 0] * 10), ("dora", [0, 1] * 10), ("teamlora", [1, 1, 0, 0] * 4 + [1] * 4)):
+            write_run(root, f"tied-{method}", method=method, scores={"t_a": a, "t_b": a, "t_c": a})
+
+    page.goto((_site(tmp_path, build) / "index.html").as_uri())
+    assert page.locator("#board tbody tr[data-tie]").count() == 3
+    assert page.locator("#board tbody tr.tied").count() == 3
+    assert page.locator("#board td.best[data-group=aggregate], #board td.best[data-group=task]").count() == 0
+    # the comparison with the leader says how small a difference these 20 documents could detect
+    mdd = page.locator("#board tbody tr").nth(1).locator("td[data-key=mdd]")
+    assert float(mdd.text_content()) > 0 and "detected 80% of the time" in mdd.get_attribute("title")
+    shot(page, "leaderboard-all-tied")
+    assert page.problems == []
+
+
+def test_separable_rows_are_not_grouped_and_best_is_bold(tmp_path, page):
+    from test_report_fixtures import write_run
+
+    def build(root):
+        strong, weak = [1] * 180 + [0] * 20, [1] * 60 + [0] * 140
+        write_run(root, "strong", method="teamlora", scores={"t_a": strong, "t_b": strong, "t_c": strong})
+        write_run(root, "weak", method="lora", scores={"t_a": weak, "t_b": weak, "t_c": weak})
+
+    page.goto((_site(tmp_path, build) / "index.html").as_uri())
+    assert page.locator("#board tbody tr[data-tie]").count() == 0
+    assert (
+        page.locator("#board tbody tr").first.locator("td[data-key=cme_avg_domains]").get_attribute("class") == "best"
+    )
+    assert page.problems == []
+
+
+def test_seed_group_is_one_row_with_std_and_drill_down(tmp_path, page):
+    from test_report_fixtures import write_run
+
+    def build(root):
+        for seed, a in ((0, [1, 1, 0, 0]), (1, [1, 1, 1, 0]), (2, [1, 0, 0, 0])):
+            cfg = {"model": "tiny-llama", "adapter": "lora", "suite": "cme-mini", "seed": seed, "max_steps": 2}
+            write_run(root, f"tiny--lora--s{seed}", name="lora", scores={"t_a": a, "t_b": a}, extra={"config": cfg})
+        cfg = {"model": "tiny-llama", "adapter": "none", "suite": "cme-mini", "seed": 0}
+        write_run(
+            root,
+            "tiny--none--s0",
+            name="none",
+            method="none",
+            scores={"t_a": [0] * 4, "t_b": [0] * 4},
+            extra={"config": cfg},
+        )
+
+    page.goto((_site(tmp_path, build) / "index.html").as_uri())
+    rows = page.locator("#board tbody tr")
+    assert rows.count() == 2
+    group = page.locator("#board tbody tr[data-id='tiny--lora--s0+1+2']")
+    assert group.locator("td[data-key=seeds]").text_content() == "3"
+    # per-seed means .5, .75, .25 on t_a: mean 50.0, std 25.0
+    assert group.locator("td[data-key='task:t_a']").text_content().startswith("50.0 ± 25.0")
+    group.locator("td[data-key=run] a").click()
+    page.wait_for_load_state()
+    assert page.locator("#seeds tr.seed-row").count() == 3
+    assert [t.strip() for t in page.locator("#seeds tr.seed-row td:first-child").all_text_contents()] == [
+        "seed 0",
+        "seed 1",
+        "seed 2",
+    ]
+    shot(page, "seed-group")
+    assert page.problems == []
+
+
+def test_other_limit_is_not_ranked_with_the_rest(default_site, page):
+    page.goto((default_site / "index.html").as_uri())
+    main_ids = page.eval_on_selector_all("#board tbody tr", "rows => rows.map(r => r.dataset.id)")
+    assert not any("--dora--" in i for i in main_ids)
+    other = page.locator("section.other-set")
+    assert other.count() == 1 and "other documents" in other.locator(".flag").text_content()
+    assert other.locator("tbody tr").count() == 1 and other.locator("td[data-key=rank]").text_content() == "1"
+    assert page.problems == []
+
+
+def test_reference_rows_render_and_are_not_ranked(default_site, page):
+    page.goto((default_site / "index.html").as_uri())
+    refs = page.locator("section.references tbody tr.reference")
+    assert refs.count() == 6
+    assert "Reported, not reproduced here" in page.locator("section.references h2").text_content()
+    assert "60.29" in refs.nth(4).text_content() and "unverified" in refs.nth(4).text_content()
+    assert page.locator("#board tbody tr[data-reference]").count() == 0
+    ids = page.eval_on_selector_all("#board tbody tr", "rows => rows.map(r => r.dataset.id)")
+    assert not any("TeamLoRA" in i for i in ids)
+    assert page.problems == []
+
+
+def test_cost_plot_log_axis_and_labels(default_site, page):
+    page.goto((default_site / "costs.html").as_uri())
+    for figure in page.locator("section.cost-figure").all():
+        ticks = figure.locator("svg text.tick").all_text_contents()
+        assert "0" not in ticks and "0 s" not in ticks
+        points = figure.locator("svg circle.pt").evaluate_all("cs => cs.map(c => c.dataset.label)")
+        labels = figure.locator("svg text.pt-label").all_text_contents()
+        assert points and all(p in labels for p in points)
+        assert any(t.startswith("base model") for t in labels)  # marked separately, not at x = 0
+    not_plotted = page.locator("section.cost-figure").nth(1).locator(".not-plotted").text_content()
+    assert "teamlora-balance: not plotted: no training time" in not_plotted
+    shot(page, "costs-default")
+    assert page.problems == []
+
+
+def test_run_page_is_structured(default_site, page):
+    page.goto(next((default_site / "runs").glob("smollm2-135m--lora--cme-mini--s0--*")).as_uri())
+    titles = page.locator(".facts h2").all_text_contents()
+    assert titles[:3] == ["What was trained", "On what", "How long"] and "What it cost" in titles
+    facts = " ".join(page.locator("main .facts").all_text_contents())
+    assert "Decode (ms/token)" in facts and "decode_ms_per_token" not in facts
+    raw = page.locator("details.raw")
+    assert not raw.evaluate("d => d.open")  # raw JSON behind a toggle
+    shot(page, "run-page-structured")
+    assert page.problems == []

@@ -141,3 +141,74 @@ def build_world(root: Path) -> Path:
     write_run(root, "tiny--teamlora", name="<script>alert(1)</script>", method="teamlora", scores=SCORES["teamlora"])
     write_run(root, "tiny--broken", method="dora", status="failed", scores={})
     return root
+
+
+# --- a leaderboard shaped like the default run's (real cme-mini task names, long run ids, seeds) ----------------
+
+DEFAULT_SKILL = {  # method label -> (probability of a correct answer, trainable params, training seconds or None)
+    "none": (0.40, None, None),
+    "lora": (0.50, 1_800_000, 410.0),
+    "lora-r128": (0.52, 7_300_000, 430.0),
+    "moelora-fused": (0.55, 7_400_000, 980.0),
+    "hydralora": (0.53, 5_000_000, 700.0),
+    "teamlora-balance": (0.56, 7_400_000, None),  # no training time recorded: listed as "not plotted"
+}
+
+
+def default_run_id(label: str, seed: int, digest: str = "1a2b3c4d") -> str:
+    return f"smollm2-135m--{label}--cme-mini--s{seed}--{digest}"
+
+
+def write_default_run(
+    root: Path, label: str, seed: int, tasks: list[str], *, skill: float, limit: int = 20, params=None, seconds=None
+) -> Path:
+    import random
+    import zlib
+
+    rng = random.Random(f"{label}-{seed}-{limit}")
+    scores = {t: [1.0 if rng.random() < skill else 0.0 for _ in range(limit)] for t in tasks}
+    method = "none" if label == "none" else label.split("-")[0]
+    digest = f"{zlib.crc32(f'{label}-{seed}-{limit}'.encode()):08x}"
+    extra = {
+        "config": {
+            "model": "smollm2-135m",
+            "adapter": label,
+            "suite": "cme-mini",
+            "seed": seed,
+            "max_steps": 60,
+            "learning_rate": 5e-4,
+            "limit": limit,
+        },
+        "model": {"spec": "smollm2-135m", "name": "smollm2-135m", "source": "hub", "parameters": 134_515_008},
+    }
+    if method != "none":
+        extra["adapter"] = {
+            "preset": label,
+            "method": method,
+            "params": {"r": 32},
+            "trainable_parameters": params,
+            "trainable_share": params / 134_515_008,
+            "path": "adapter",
+        }
+        extra["training"] = {
+            "steps": 60,
+            "examples": 480,
+            "tokens": 61_000,
+            "tokens_per_second": 150.0,
+            "peak_memory_bytes": 3 * 2**30,
+            "loss_curve": [[1, 2.5], [30, 1.9], [60, 1.6]],
+        }
+        if seconds is not None:
+            extra["training"]["seconds"] = seconds
+        extra["costs"] = {"train_step_ms": 6800.0, "prefill_ms": 41.0, "decode_ms_per_token": 19.5}
+    return write_run(root, default_run_id(label, seed, digest), name=label, method=method, scores=scores, extra=extra)
+
+
+def build_default_world(root: Path, tasks: list[str]) -> Path:
+    """The default run's leaderboard: base + five adapters, TeamLoRA over three seeds, one run on another limit."""
+    for label, (skill, params, seconds) in DEFAULT_SKILL.items():
+        write_default_run(root, label, 0, tasks, skill=skill, params=params, seconds=seconds)
+    for seed in (0, 1, 2):
+        write_default_run(root, "teamlora", seed, tasks, skill=0.6, params=7_400_000, seconds=620.0 + seed)
+    write_default_run(root, "dora", 0, tasks, skill=0.5, limit=10, params=1_900_000, seconds=500.0)
+    return root

@@ -17,7 +17,7 @@ from cme_bench.report.load import load_profiles, load_runs, load_samples
     ("content", "reason"),
     [
         ("{not json", "Expecting property name"),
-        ('{"schema_version": 2, "run_id": "x", "status": "success"}', "schema_version is 2"),
+        ('{"schema_version": 3, "run_id": "x", "status": "success"}', "schema_version is 3"),
         ('{"schema_version": 1, "status": "success"}', "'run_id' is missing"),
         ('{"schema_version": 1, "run_id": "x", "status": "done"}', "'status' is 'done'"),
         ('{"schema_version": 1, "run_id": "x", "status": "success", "metrics": []}', "'metrics' is not an object"),

@@ -30,7 +30,9 @@ def test_markdown_escapes_and_bolds_best(table):
     md = to_markdown(table)
     assert EVIL not in md and "&lt;script&gt;alert(1)&lt;/script&gt;" in md
     first = md.splitlines()[2]
-    assert first.startswith("| 1") and "**81.2**" in first
+    # four documents per task separate nothing: the top score is not bold; the base model's 0 parameters are
+    assert first.startswith("| 1") and "81.2" in first and "**81.2**" not in first
+    assert "| **0** |" in md
     assert md.splitlines()[1].count("---:") == sum(c.ordered for c in table.columns)
 
 
@@ -51,7 +53,7 @@ def test_csv_guards_spreadsheet_formulas(tmp_path):
 def test_latex_escapes_and_bolds(table):
     assert latex_escape("50% & co_x $#{}") == r"50\% \& co\_x \$\#\{\}"
     tex = to_latex(table)
-    assert r"\textbf{81.2}" in tex and r"\textless{}script\textgreater{}" in tex and "<script>" not in tex
+    assert r"\bfseries 0 " in tex and r"\textless{}script\textgreater{}" in tex and "<script>" not in tex
     assert tex.count(r"\\") == len(table.rows) + 1  # header + one line per row
 
 
@@ -212,11 +214,12 @@ def test_markdown_golden():
 
 def test_latex_golden():
     lines = to_latex(_tiny_table(), caption="Cap").splitlines()
-    assert lines[4] == r"\begin{tabular}{lrr}"
-    assert lines[6] == r"Run & Acc & Time \\"
-    assert lines[8] == r"a\textbar{}b & 50.0{\scriptsize$\pm$5.0} & \textbf{10} \\"
-    assert lines[9] == r"b\_1 & \textbf{70.0}{\scriptsize$\pm$10.0} & 20 \\"
-    assert r"\caption{Cap}" in lines
+    assert lines[0] == r"% requires \usepackage{booktabs}"
+    assert lines[5:7] == [r"\resizebox{\linewidth}{!}{%", r"\begin{tabular}{lrr}"]
+    assert lines[8] == r"Run & Acc & Time \\"
+    assert lines[10] == r"a\textbar{}b & 50.0{\scriptsize$\pm$5.0} & \bfseries 10 \\"
+    assert lines[11] == r"b\_1 & \bfseries 70.0{\scriptsize$\pm$10.0} & 20 \\"
+    assert r"\caption{Cap}" in lines and r"\end{tabular}}" in lines
 
 
 def test_csv_golden():

@@ -14,7 +14,7 @@ import pytest
 from test_report_fixtures import SCORES, build_world, fake_task_info, write_run
 
 from cme_bench.report.analysis import analyse
-from cme_bench.report.build import domain_table, leaderboard_table, slug, task_table
+from cme_bench.report.build import domain_table, leaderboard_table, leaderboard_tables, slug, task_table
 from cme_bench.report.load import load_runs
 
 
@@ -46,7 +46,19 @@ def test_columns_come_from_the_task_registry(analysis):
     labels = {c.key: c for c in table.columns}
     assert labels["task:t_a"].label == "Task A" and labels["task:t_a"].domain == "reasoning"
     assert labels["task:t_c"].label == "Task C" and labels["task:t_c"].domain == "knowledge"
-    assert [c.group for c in table.columns][:6] == ["info"] * 6 and table.columns[6].group == "aggregate"
+    # Scores first: rank and label, then the ranking average, domains and tasks; descriptive columns after them.
+    assert [c.key for c in table.columns][:8] == [
+        "rank",
+        "run",
+        "cme_avg_domains",
+        "domain:knowledge",
+        "domain:reasoning",
+        "task:t_c",
+        "task:t_a",
+        "task:t_b",
+    ]
+    keys = [c.key for c in table.columns]
+    assert keys.index("settings") > keys.index("win_rate") > keys.index("task:t_b")
     assert table.cell("tiny--lora", "settings").display == "cme-mini · seed 0 · 10 steps"
     assert table.cell("tiny--none", "settings").display == "cme-mini · seed 0"  # a base model has no training
     assert labels["trainable_params"].higher_is_better is False and labels["tokens_per_second"].higher_is_better
@@ -82,27 +94,53 @@ def test_task_table_paired_test_against_base(analysis):
 
 def test_domain_table(analysis):
     table = domain_table(analysis, "reasoning")
-    assert [c.key for c in table.columns][-3:] == ["domain:reasoning", "task:t_a", "task:t_b"]
+    assert [c.key for c in table.columns][2:5] == ["domain:reasoning", "task:t_a", "task:t_b"]
     assert table.column_values("domain:reasoning")[:3] == pytest.approx([0.875, 0.625, 0.375])
 
 
 def test_best_rows(analysis):
     table = leaderboard_table(analysis)
-    assert table.best_rows("cme_avg_domains") == {0}
+    # Four documents per task cannot separate 81 from 56: no score is bold; exact cost figures still are.
+    assert table.best_rows("cme_avg_domains") == set() and "cme_avg_domains" in table.inseparable
     assert table.best_rows("trainable_params") == {2}  # the base model trains nothing
     assert table.best_rows("run") == set()
 
 
+def test_best_is_bold_only_where_separable(tmp_path):
+    root = tmp_path / "results"
+    strong, weak = [1] * 180 + [0] * 20, [1] * 60 + [0] * 140
+    write_run(root, "strong", scores={"t_a": strong, "t_b": strong, "t_c": strong})
+    write_run(root, "weak", method="dora", scores={"t_a": weak, "t_b": weak, "t_c": weak})
+    table = leaderboard_table(analyse(load_runs(root), fake_task_info, n_boot=300))
+    assert table.best_rows("cme_avg_domains") == {0} and table.best_rows("task:t_a") == {0}
+
+
 def test_incomplete_run_has_no_average(tmp_path):
+    """A run without Task C was scored on other documents: its own table, its own ranks, averages over its tasks."""
     root = tmp_path / "results"
     write_run(root, "full", scores=SCORES["lora"])
-    write_run(root, "partial", scores={"t_a": [1, 1, 1, 1], "t_b": [1, 1, 1, 1]})
+    write_run(root, "partial", method="dora", scores={"t_a": [1, 1, 1, 1], "t_b": [1, 1, 1, 1]})
     a = analyse(load_runs(root), fake_task_info, n_boot=100)
-    table = leaderboard_table(a)
-    cell = table.cell("partial", "cme_avg_domains")
+    main, other = leaderboard_tables(a)
+    assert [r.key for r in main.rows] == ["full"] and [r.key for r in other.rows] == ["partial"]
+    assert "task:t_c" not in [c.key for c in other.columns]
+    assert other.cell("partial", "domain:reasoning").value == 1.0
+    assert a.ranking_key == "cme_avg_domains" and a.ranks["full"].best == a.ranks["partial"].best == 1
+
+
+def test_missing_task_has_no_average(tmp_path):
+    root = tmp_path / "results"
+    write_run(root, "full", scores=SCORES["lora"])
+    # Same evaluation set (the identity says so), but no value recorded for Task C.
+    identity = {"identity": {"eval_set": "e1", "seed_group": "g2"}}
+    write_run(root, "gap", scores={"t_a": [1, 1, 0, 0], "t_b": [1, 1, 1, 1]}, extra=identity)
+    write_run(root, "full2", scores=SCORES["base"], extra={"identity": {"eval_set": "e1", "seed_group": "g3"}})
+    a = analyse(load_runs(root), fake_task_info, n_boot=100)
+    table = leaderboard_tables(a)[0]
+    cell = table.cell("gap", "cme_avg_domains")
     assert cell.value is None and cell.note == "missing: Task C"
-    assert table.cell("partial", "domain:reasoning").value == 1.0  # its own domain is complete
-    assert a.ranking_key == "cme_avg_domains" and set(a.ranks) == {"full"}
+    assert table.cell("gap", "domain:reasoning").value == 0.75  # its own domain is complete
+    assert set(a.ranks) == {"full", "full2"}
 
 
 def test_record_without_samples_uses_normal_interval(tmp_path):

@@ -253,3 +253,96 @@ def test_smollm2_teamlora_learns_the_label_format(tmp_path: Path):
     assert sum(curve[-5:]) / 5 < sum(curve[:5]) / 5
     mean = lambda r: sum(m["value"] for m in r["metrics"].values()) / len(r["metrics"])  # noqa: E731
     assert mean(rec) > mean(base)
+
+
+def test_backend_typo_names_the_nearest_registered_backend(capsys):
+    from cme_bench.backends import BACKENDS
+
+    assert main(["eval", "--adapter", "none", "--model", "tiny-llama", "--backend", "vlm"]) == 2
+    err = capsys.readouterr().err
+    assert "Did you mean 'vllm'?" in err and "Available: hf, vllm" in err
+    assert BACKENDS.names() == ["hf", "vllm"]
+
+
+def test_cli_presets_and_trainer_read_one_set_of_training_defaults(tmp_path: Path):
+    """The flags' defaults and help text come from TrainConfig's fields; presets use its field names."""
+    import argparse
+    from dataclasses import fields
+
+    from cme_bench.adapters import preset_from_dict
+    from cme_bench.config import TrainConfig, add_run_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_run_arguments(parser)
+    cfg = config_from_args(parser.parse_args([]))
+    for f in fields(TrainConfig):
+        assert getattr(cfg, f.name) == getattr(TrainConfig(), f.name), f.name
+    actions = {a.dest: a for a in parser._actions}
+    assert actions["learning_rate"].option_strings == ["--lr"]
+    assert actions["learning_rate"].default == TrainConfig().learning_rate
+    lr_field = next(f for f in fields(TrainConfig) if f.name == "learning_rate")
+    assert actions["learning_rate"].help.startswith(lr_field.metadata["help"])
+    assert "hf | vllm" in actions["backend"].help
+    assert isinstance(cfg, TrainConfig)  # the trainer receives the run's own config: nothing is copied
+    with pytest.raises(ConfigError, match="Did you mean 'max_seq_len'"):
+        preset_from_dict({"method": "lora", "training": {"max_seq_length": 1024}}, name="x")
+
+
+class _OneEngineHF:
+    """A third backend for the test: HF's sessions, but every target in one group (as vLLM groups LoRA adapters)."""
+
+    def __init__(self) -> None:
+        from cme_bench.hf_backend import backend as hf
+
+        self.hf, self.opened = hf, []
+
+    def check(self) -> None:
+        self.hf.check()
+
+    def group_key(self, target):
+        return "one"
+
+    def open(self, targets, *, seed, batch_size):
+        self.opened.append([t.adapter_dir for t in targets])
+        return self.hf.open(targets, seed=seed, batch_size=batch_size)
+
+
+def test_a_registered_backend_drives_the_sweep_through_its_grouping_hook(tmp_path: Path, monkeypatch):
+    """Registering a backend is all it takes: the sweep trains both adapters, then opens ONE session for the base and
+    both adapters, as the backend's ``group_key`` says; the runner names no backend."""
+    from cme_bench.backends import BACKENDS
+
+    backend = _OneEngineHF()
+    monkeypatch.setitem(BACKENDS._items, "one-engine-hf", backend)
+    out = tmp_path / "results"
+    one_task = ["--model", "tiny-llama", "--tasks", "cme_mini_boolq", "--train-cap", "8", "--batch-size", "4"]
+    argv = ["sweep", *one_task, "--limit", "2", "--adapters", "lora,moslora", "--max-steps", "2", "--lr", "5e-2"]
+    assert main([*argv, "--backend", "one-engine-hf", "--output", str(out), "--no-report"]) == 0
+    assert len(backend.opened) == 1 and len(backend.opened[0]) == 3
+    records = [json.loads(p.read_text()) for p in out.glob("*/run.json")]
+    assert sorted(r["config"]["adapter"] for r in records) == ["lora", "moslora", "none"]
+    for rec in records:
+        assert rec["status"] == "success" and rec["evaluation"]["backend"] == "one-engine-hf"
+        assert rec["metrics"]["cme_mini_boolq"]["n"] == 2
+
+
+def test_tasks_together_score_as_one_at_a_time():
+    """All tasks' requests in one lm-eval call give each task exactly the per-task loop's results, handed over in
+    order, task by task (what the run record writes)."""
+    from cme_bench.backends import EvalTarget
+    from cme_bench.evaluate import evaluate
+    from cme_bench.models import load_model
+
+    loaded = load_model("tiny-llama")
+    target = EvalTarget("tiny-llama", None, model=loaded.model, tokenizer=loaded.tokenizer)
+    tasks = [*TASKS.split(","), "cme_mini_nq_open"]  # two multiple-choice tasks and a generation task
+    runs = {}
+    for one in (True, False):
+        done: list = []
+        out = evaluate(
+            target, tasks, limit=3, batch_size=4, progress=False, one_at_a_time=one, on_task_done=done.append
+        )
+        assert [r.task for r in done] == tasks
+        runs[one] = {t: (r.metric, r.value, r.n, [s["prediction"] for s in r.samples]) for t, r in out.tasks.items()}
+        assert set(out.lm_eval["results"]) == set(tasks)
+    assert runs[True] == runs[False]

@@ -142,13 +142,14 @@ def test_plan_kinds_and_rank_rounding(tmp_path: Path) -> None:
 
 
 def test_missing_vllm_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
-    import cme_bench.vllm_backend as vb
+    import cme_bench.vllm_backend.check as vb
+    from cme_bench import backends
     from cme_bench.errors import CmeError
 
     monkeypatch.setattr(vb, "is_available", lambda: False)
     monkeypatch.setattr(vb, "_checked", False)
     with pytest.raises(CmeError, match="make vllm-env"):
-        vb.require_vllm()
+        backends.get("vllm").check()
 
 
 @pytest.mark.parametrize(

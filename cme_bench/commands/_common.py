@@ -48,14 +48,10 @@ def require_resumable(cfg: Any, stage: str | None) -> None:
 
 
 def print_outcome(record: dict[str, Any]) -> None:
-    metrics = record.get("metrics") or {}
-    line = f"{record['run_id']}: {record['status']}"
-    if metrics:
-        mean = sum(m["value"] for m in metrics.values()) / len(metrics)
-        line += f", mean over {len(metrics)} tasks = {mean:.4f}"
-    if record.get("error"):
-        line += f" ({record['error']['type']}: {record['error']['message']})"
-    print(line)
+    """One line per run, on the leaderboard's scale (%) and with its names (see report.summary.outcome_line)."""
+    from cme_bench.report.summary import outcome_line
+
+    print(outcome_line(record))
 
 
 def refresh_report(args: argparse.Namespace) -> None:

@@ -57,6 +57,7 @@ def _list(args: argparse.Namespace) -> int:
 
 def _show(args: argparse.Namespace) -> int:
     from cme_bench.adapters import deviations, load_preset
+    from cme_bench.config import training_fields
     from cme_bench.tuners import get_method
 
     p = load_preset(args.name)
@@ -68,9 +69,10 @@ def _show(args: argparse.Namespace) -> int:
     for key, value in p.params.items():
         print(f"  {key}: {value}")
     if p.training:
-        print("training (suggested):")
+        print("training (the authors' recipe; a run's values come from its flags):")
+        helps = training_fields()
         for key, value in p.training.items():
-            print(f"  {key}: {value}")
+            print(f"  {key}: {value}  # {helps[key]}")
     for note in [*spec.notes, *p.notes, *deviations(p.method, p.params)]:
         print(f"note: {note}")
     return 0

@@ -21,6 +21,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="runs embedded per task in the sample viewer (best N plus base models; default 40)",
     )
     parser.add_argument("--no-html", action="store_true", help="write only the text tables")
+    parser.add_argument(
+        "--references",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="YAML file of reported figures shown beside the runs, never ranked (repeatable; the TeamLoRA paper's "
+        "CME averages are always included unless --no-builtin-references)",
+    )
+    parser.add_argument(
+        "--no-builtin-references", action="store_true", help="leave out the shipped TeamLoRA paper figures"
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -31,6 +42,7 @@ def main(args: argparse.Namespace) -> int:
 
     from cme_bench.errors import CmeError
     from cme_bench.report.pipeline import build_report, write_site, write_text_outputs
+    from cme_bench.report.summary import top_rows
 
     if args.bootstrap < 10:
         raise CmeError(f"--bootstrap {args.bootstrap} is too small; use at least 10 (1000 is the default)")
@@ -46,14 +58,28 @@ def main(args: argparse.Namespace) -> int:
             "written among the run records it reads; use a folder of its own (default: RESULTS/leaderboard)"
         )
     start = time.perf_counter()
-    report = build_report(results, out=out, n_boot=args.bootstrap, seed=args.seed)
+    report = build_report(
+        results,
+        out=out,
+        n_boot=args.bootstrap,
+        seed=args.seed,
+        reference_files=tuple(args.references),
+        builtin_references=not args.no_builtin_references,
+    )
     if not report.analysis.runs:
         raise CmeError(f"no readable run records (*/run.json) under {str(results)!r}")
     files = write_text_outputs(report, out)
     index = None if args.no_html else write_site(report, out, max_sample_runs=args.max_sample_runs)
     logging.getLogger(__name__).debug("report took %.2f s", time.perf_counter() - start)
     a = report.analysis
-    print(f"{len(a.runs)} run(s) ({len(a.ok_runs)} successful), {len(a.tasks)} task(s), {len(a.domains)} domain(s)")
+    groups = sum(1 for e in a.entries if e.n_seeds > 1)
+    print(
+        f"{len(a.runs)} run(s) ({len(a.ok_runs)} successful) in {len(report.leaderboard.rows)} leaderboard row(s)"
+        + (f" ({groups} averaged over seeds)" if groups else "")
+        + f", {len(a.tasks)} task(s), {len(a.domains)} domain(s), {len(report.references)} reported reference row(s)"
+    )
+    for line in top_rows(report):
+        print(line)
     for path in files.values():
         print(f"wrote {path}")
     if index is not None:

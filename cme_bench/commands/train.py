@@ -21,6 +21,6 @@ def main(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     _common.preflight(cfg)
     _common.require_resumable(cfg, "train")
-    record = runner.run(cfg, do_eval=False)
+    record = runner.train_only(cfg)
     _common.print_outcome(record)
     return 0 if record["status"] == "success" else 1

@@ -1,4 +1,4 @@
-"""Reading run records (``run.json`` schema v1, see docs/ARCHITECTURE.md), per-sample logs and profile files.
+"""Reading run records (``run.json`` schema v1 and v2, see docs/ARCHITECTURE.md), per-sample logs and profile files.
 
 The report must survive a results folder that other processes are writing into: a malformed or partial record is
 skipped with a warning naming the file, a bad line in a sample log is skipped with a warning, and nothing here
@@ -21,7 +21,7 @@ from cme_bench.errors import CmeError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSIONS = (1, 2)  # v2 adds the "identity" block (digests of the run, its seed group and evaluation set)
 STATUSES = ("running", "success", "failed", "cancelled")
 BASE_METHOD = "none"  # the adapter method shown for a base-model row
 
@@ -129,13 +129,14 @@ def parse_record(path: Path, data: Any) -> RunRecord:
     """Validate a decoded run.json; raises ValueError naming the first problem."""
     if not isinstance(data, Mapping):
         raise ValueError("top level is not an object")
-    if data.get("schema_version") != SCHEMA_VERSION:
-        raise ValueError(f"schema_version is {data.get('schema_version')!r}, expected {SCHEMA_VERSION}")
+    if data.get("schema_version") not in SCHEMA_VERSIONS:
+        expected = " or ".join(map(str, SCHEMA_VERSIONS))
+        raise ValueError(f"schema_version is {data.get('schema_version')!r}, expected {expected}")
     if not isinstance(data.get("run_id"), str) or not data["run_id"]:
         raise ValueError("'run_id' is missing or not a string")
     if data.get("status") not in STATUSES:
         raise ValueError(f"'status' is {data.get('status')!r}, expected one of {', '.join(STATUSES)}")
-    for key in ("config", "model", "adapter", "training", "evaluation", "samples", "environment"):
+    for key in ("config", "model", "adapter", "training", "evaluation", "samples", "environment", "identity"):
         if data.get(key) is not None and not isinstance(data[key], Mapping):
             raise ValueError(f"{key!r} is not an object")
     metrics = _parse_metrics(data.get("metrics"))

@@ -1,14 +1,14 @@
-"""Text renderers of a ``Table``: Markdown (README), CSV (raw numbers), LaTeX (paper, best per column bold), JSON.
+"""Text renderers of a ``Table``: Markdown (README), CSV and parquet (raw numbers, through a pandas DataFrame),
+LaTeX (paper, best per column bold, through pandas' Styler), JSON.
 
-Pure functions: a Table in, a string out. Each renderer escapes for its own format, because every string in a table
-may come from a run record written by anyone (a run named ``<script>`` or ``50% & co`` must come out as text).
+Pure functions: a Table in, a string (or DataFrame) out. Each renderer escapes for its own format, because every
+string in a table may come from a run record written by anyone (a run named ``<script>`` or ``50% & co`` must come
+out as text).
 """
 
 from __future__ import annotations
 
-import csv
 import html
-import io
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -52,28 +52,30 @@ def to_markdown(table: Table, *, intervals_for: Sequence[str] = ("aggregate",)) 
     return "\n".join(lines + notes) + "\n"
 
 
-def to_csv(table: Table) -> str:
-    """One header row of column keys; raw values (not x100); ordered columns get _lo, _hi and _stderr columns."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    header = []
-    for c in table.columns:
-        header.append(c.key)
+def table_frame(table: Table):
+    """A pandas DataFrame of a table: one column per table column key with raw values (not x100); ordered columns get
+    ``_lo``, ``_hi`` and ``_stderr`` columns. The CSV and parquet outputs are this frame."""
+    import pandas as pd
+
+    data: dict[str, list[Any]] = {}
+    for i, c in enumerate(table.columns):
+        cells = [row.cells[i] for row in table.rows]
+        data[c.key] = [cell.value for cell in cells]
         if c.ordered:
-            header += [f"{c.key}_lo", f"{c.key}_hi", f"{c.key}_stderr"]
-    writer.writerow(header)
-    for row in table.rows:
-        out: list[Any] = []
-        for column, cell in zip(table.columns, row.cells):
-            out.append("" if cell.value is None else _csv_value(cell.value))
-            if column.ordered:
-                lo, hi = cell.interval or ("", "")
-                out += [lo, hi, "" if cell.stderr is None else cell.stderr]
-        writer.writerow(out)
-    return buf.getvalue()
+            data[f"{c.key}_lo"] = [cell.interval[0] if cell.interval else None for cell in cells]
+            data[f"{c.key}_hi"] = [cell.interval[1] if cell.interval else None for cell in cells]
+            data[f"{c.key}_stderr"] = [cell.stderr for cell in cells]
+    return pd.DataFrame(data, columns=list(data))
 
 
-def _csv_value(value: float | str) -> float | str:
+def to_csv(table: Table, frame=None) -> str:
+    """The table's DataFrame (``frame``, if already built) as CSV, with text that a spreadsheet would run as a
+    formula quoted out."""
+    frame = (table_frame(table) if frame is None else frame).map(_csv_value)
+    return frame.to_csv(index=False, lineterminator="\n")
+
+
+def _csv_value(value: Any) -> Any:
     # A leading =, +, - or @ makes spreadsheets evaluate a string as a formula; quote it out.
     if isinstance(value, str) and value[:1] in ("=", "+", "-", "@"):
         return "'" + value
@@ -102,39 +104,59 @@ def latex_escape(text: str) -> str:
 
 
 def to_latex(table: Table, *, caption: str = "", label: str = "tab:cme-bench", stderr: bool = True) -> str:
-    """A booktabs table; best value per ordered column in bold; ``±stderr`` in small type where known."""
+    """A booktabs table through pandas' Styler: best value per ordered column in bold, ``±stderr`` in small type.
+
+    Cells are escaped here (``latex_escape`` also covers ``<``, ``>`` and ``|``, which Styler's escaping leaves
+    alone); Styler lays the table out and turns the bold style into ``\\bfseries``.
+    """
+    import pandas as pd
+
     best = {i: table.best_rows(c.key) for i, c in enumerate(table.columns)}
-    align = "".join("r" if c.ordered else "l" for c in table.columns)
-    lines = [
-        r"% requires \usepackage{booktabs}",
-        r"\begin{table}[t]",
-        r"\centering",
-        r"\resizebox{\linewidth}{!}{%",
-        rf"\begin{{tabular}}{{{align}}}",
-        r"\toprule",
-        " & ".join(latex_escape(c.label) for c in table.columns) + r" \\",
-        r"\midrule",
-    ]
-    for r, row in enumerate(table.rows):
-        cells = [
-            _latex_cell(c, cell, r in best[i], stderr) for i, (c, cell) in enumerate(zip(table.columns, row.cells))
-        ]
-        lines.append(" & ".join(cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}}"]
-    if caption or table.notes:
-        lines.append(rf"\caption{{{latex_escape(caption or ' '.join(table.notes))}}}")
-    lines += [rf"\label{{{latex_escape(label)}}}", r"\end{table}"]
-    return "\n".join(lines) + "\n"
+    headers = [latex_escape(c.label) for c in table.columns]
+    if len(set(headers)) < len(headers):  # Styler needs unique column names; a label may repeat (two domains)
+        headers = [h + "\u200b" * i for i, h in enumerate(headers)]
+    body = [[_latex_cell(c, cell, stderr) for c, cell in zip(table.columns, row.cells)] for row in table.rows]
+    frame = pd.DataFrame(body, columns=headers)
+    bold = pd.DataFrame(
+        [["font-weight: bold" if r in best[i] else "" for i in range(len(table.columns))] for r in range(len(body))],
+        columns=headers,
+    )
+    styler = frame.style.hide(axis="index").apply(lambda _: bold, axis=None)
+    tex = styler.to_latex(
+        column_format="".join("r" if c.ordered else "l" for c in table.columns),
+        hrules=True,
+        convert_css=True,
+        position="t",
+        position_float="centering",
+        caption=latex_escape(caption or " ".join(table.notes)) or None,
+        label=latex_escape(label),
+    ).replace("\u200b", "")
+    # A wide leaderboard must fit the page: scale the tabular to the line width.
+    tex = tex.replace("\\begin{tabular}", "\\resizebox{\\linewidth}{!}{%\n\\begin{tabular}", 1)
+    tex = tex.replace("\\end{tabular}", "\\end{tabular}}", 1)
+    return "% requires \\usepackage{booktabs}\n" + tex
 
 
-def _latex_cell(column: Column, cell: Cell, bold: bool, stderr: bool) -> str:
+def _latex_cell(column: Column, cell: Cell, stderr: bool) -> str:
     text = latex_escape(cell.display)
-    if bold:
-        text = rf"\textbf{{{text}}}"
     se = _scaled(cell.stderr, column)
     if stderr and se is not None and column.group in ("aggregate", "domain", "task") and not math.isnan(se):
         text += rf"{{\scriptsize$\pm${se:.1f}}}" if column.unit == "%" else rf"{{\scriptsize$\pm${se:.2g}}}"
     return text
+
+
+def references_markdown(refs) -> str:
+    """Reported figures with their source, as a Markdown table (never ranked with the leaderboard)."""
+    lines = [
+        "| Reported row | CME avg (%) | Training (h) | Model | Source | Confidence |",
+        "|---|---:|---:|---|---|---|",
+    ]
+    for r in refs:
+        hours = "—" if r.training_hours is None else f"{r.training_hours:g}"
+        source = f"{r.paper}, {r.table}" if r.table else r.paper
+        cells = [r.label, f"{r.value:.2f}", hours, r.model, source, r.confidence]
+        lines.append("| " + " | ".join(_md_escape(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def table_to_dict(table: Table) -> dict[str, Any]:

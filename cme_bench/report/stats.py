@@ -18,6 +18,9 @@ from collections.abc import Sequence
 import numpy as np
 
 ALPHA = 0.05
+POWER = 0.8
+Z_ALPHA = 1.959963984540054  # z_(1 - ALPHA/2)
+Z_POWER = 0.8416212335729143  # z_POWER
 DEFAULT_BOOTSTRAP = 1000
 
 _METHODS = """\
@@ -54,6 +57,32 @@ runs significantly better than it; its worst rank is the number of runs it is no
 included. Tie groups are formed top-down: a run joins the current group unless it is significantly worse than the
 group's first run.
 
+**What a tie means.** For each run compared with the leader of its table (on the ranking column), the report shows
+the *minimum detectable difference* of these documents: `MDD = (z_(1−α/2) + z_power) · se(Δ)` with α = {alpha},
+power {power} and `se(Δ)` the paired standard error above (the usual normal-approximation power formula for a
+two-sided paired test). A difference smaller than the MDD would be missed more than {miss}% of the time, so a tie
+with an observed difference below the MDD means "too few documents to tell", not "equal". *Documents per task to
+resolve* is `n · (MDD / |Δ|)²` (n = documents per task now): the standard error shrinks as `1/√n`, so that many
+documents would make the observed difference detectable with the stated power, if it is real. Where seeds are
+aggregated, part of `se(Δ)` is seed variance, which more documents do not remove, so the figure is a lower bound.
+
+**Seeds.** Runs that differ only by their seed (same model, adapter method and parameters, training budget and
+data, evaluation set) form one row: the value is the mean over seeds, "± std" the standard deviation over seeds
+(ddof = 1) and n the number of seeds; the run page of each seed holds its own figures. The interval of such a row
+comes from a *two-stage (hierarchical) bootstrap*: each replicate draws the seeds with replacement and, for every
+drawn seed, uses that seed's item-bootstrap replicate (items resampled with the shared counts). Its spread therefore
+holds both sources of variance, seed to seed (training randomness) and item to item (finite test set), which a
+plain item bootstrap of one seed (too narrow) or a t-interval over a few seed means (ignores the items, and is
+undefined for one seed) do not. Because the same replicates feed the rank ranges and paired comparisons, those use
+the aggregate too. With few seeds (2-3) the seed stage is coarse; treat such intervals as approximate.
+
+**Comparability.** Runs are ranked together only when they were scored on the same documents: the same evaluation
+set (the record's `identity.eval_set` digest of task names, task configurations, document ids and limit; for older
+records the task names and the limit). Runs on another evaluation set get their own table with their own ranks.
+
+**Reference rows** are figures reported elsewhere (a paper's table), shown with their source in their own block.
+They are not reproduced here, have no intervals and are never ranked with measured rows.
+
 **Pareto front** (cost plot): runs for which no other run has a cost at most as large and a score at least as high,
 one of them strictly.
 
@@ -63,7 +92,7 @@ Failed, running and cancelled runs are listed with their status and never enter 
 
 def methods_text(n_boot: int = DEFAULT_BOOTSTRAP, alpha: float = ALPHA) -> str:
     """The methods section of a report, with the parameters it actually used."""
-    return _METHODS.format(n_boot=n_boot, alpha=alpha)
+    return _METHODS.format(n_boot=n_boot, alpha=alpha, power=POWER, miss=round(100 * (1 - POWER)))
 
 
 METHODS = methods_text()
@@ -210,6 +239,62 @@ def significance_matrix(replicates: np.ndarray, values: np.ndarray, alpha: float
     better[np.ix_(idx, idx)] = sig
     np.fill_diagonal(better, False)
     return better
+
+
+def paired_se(rep_a: np.ndarray, rep_b: np.ndarray) -> float | None:
+    """Standard error of a paired difference from shared bootstrap replicates (None without usable replicates)."""
+    d = np.asarray(rep_a, dtype=float) - np.asarray(rep_b, dtype=float)
+    d = d[~np.isnan(d)]
+    return float(d.std(ddof=1)) if d.size > 1 else None
+
+
+def min_detectable(se: float, alpha: float = ALPHA, power: float = POWER) -> float:
+    """Smallest true difference a two-sided paired test at ``alpha`` detects with ``power``: (z_a/2 + z_power) · se."""
+    za = Z_ALPHA if alpha == ALPHA else _norm_ppf(1 - alpha / 2)
+    zp = Z_POWER if power == POWER else _norm_ppf(power)
+    return (za + zp) * se
+
+
+def docs_to_resolve(n: int, se: float, delta: float, alpha: float = ALPHA, power: float = POWER) -> int | None:
+    """Documents per task that make ``delta`` detectable (se shrinks as 1/sqrt(n)); None for a zero difference."""
+    if delta == 0 or not math.isfinite(delta) or n <= 0:
+        return None
+    return max(n, math.ceil(n * (min_detectable(se, alpha, power) / abs(delta)) ** 2))
+
+
+def separable_best(replicates: np.ndarray, values: np.ndarray, alpha: float = ALPHA) -> bool:
+    """Is the row with the highest value significantly better than every other row (paired, as in ranks)?
+
+    Only the leader's covariances are needed: O(rows x replicates), cheap enough for every column of a big table.
+    Rows without replicates (NaN) make the best inseparable from them.
+    """
+    values = np.asarray(values, dtype=float)
+    if values.size < 2:
+        return values.size == 1
+    reps = np.asarray(replicates, dtype=float)
+    best = int(np.argmax(values))
+    if np.sum(values == values[best]) > 1:
+        return False
+    if np.isnan(reps).any():
+        return False
+    diff_reps = reps[best][None, :] - reps
+    se = np.delete(diff_reps.std(axis=1, ddof=1), best)
+    diff = np.delete(values[best] - values, best)
+    z = Z_ALPHA if alpha == ALPHA else _norm_ppf(1 - alpha / 2)
+    return bool(np.all(np.where(se > 0, diff > z * se, diff > 0)))
+
+
+def seed_draws(n_seeds: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_boot, n_seeds) seed indices drawn with replacement: the first stage of the two-stage bootstrap."""
+    return rng.integers(0, n_seeds, size=(n_boot, n_seeds))
+
+
+def hierarchical_replicates(member_reps: np.ndarray, draws: np.ndarray) -> np.ndarray:
+    """Two-stage bootstrap of a mean over seeds: replicate b averages, over the seeds drawn in ``draws[b]``, each
+    drawn seed's own item-bootstrap replicate b (``member_reps`` is seeds x n_boot)."""
+    reps = np.asarray(member_reps, dtype=float)
+    cols = np.arange(reps.shape[1])[:, None]
+    return reps[draws, cols].mean(axis=1)
 
 
 def rank_ranges(better: np.ndarray) -> list[tuple[int, int]]:

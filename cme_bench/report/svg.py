@@ -17,12 +17,6 @@ def _scale(lo: float, hi: float, a: float, b: float):
     return lambda v: a + (v - lo) / span * (b - a)
 
 
-def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
-    if hi <= lo:
-        return [lo]
-    return [lo + (hi - lo) * i / (n - 1) for i in range(n)]
-
-
 def _axes(sx, sy, xticks, yticks, xlabel: str, ylabel: str, xfmt, yfmt) -> list[str]:
     """Axes, tick labels and grid for the given scale functions (the same ones the data is drawn with)."""
     out = [
@@ -66,7 +60,7 @@ def line_chart(points: Sequence[tuple[float, float]], *, title: str, xlabel: str
     xs, ys = [p[0] for p in pts], [p[1] for p in pts]
     sx, sy = _scale(min(xs), max(xs), PAD, W - 16), _scale(min(ys), max(ys), H - PAD, 16)
     path = " ".join(f"{'M' if i == 0 else 'L'}{sx(x):.1f},{sy(y):.1f}" for i, (x, y) in enumerate(pts))
-    xt, yt = _ticks(min(xs), max(xs)), _ticks(min(ys), max(ys))
+    xt, yt = nice_ticks(min(xs), max(xs)), nice_ticks(min(ys), max(ys))
     parts = _axes(sx, sy, xt, yt, xlabel, ylabel, lambda v: f"{v:.0f}", lambda v: f"{v:.3g}")
     parts.append(f'<path d="{path}" class="line"/>')
     return _svg(parts, title)
@@ -117,6 +111,34 @@ def heatmap(rows: Sequence[tuple[str, Sequence[float]]], *, title: str) -> Marku
     )
 
 
+def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    """Round tick values (1, 2 or 5 times a power of ten) covering [lo, hi], about ``n`` of them."""
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return []
+    if hi <= lo:
+        return [lo]
+    raw = (hi - lo) / max(1, n - 1)
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    first = math.ceil(lo / step - 1e-9) * step
+    out, t = [], first
+    while t <= hi + step * 1e-9:
+        out.append(round(t, 12))
+        t += step
+    return out
+
+
+def log_ticks(lo: float, hi: float) -> list[float]:
+    """Ticks for a log axis over [lo, hi] (both > 0): powers of ten, plus 2x and 5x when fewer than 3 decades."""
+    if lo <= 0 or hi <= 0:
+        return []
+    a, b = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
+    mults = (1, 2, 5) if b - a < 3 else (1,)
+    ticks = [m * 10.0**k for k in range(a, b + 1) for m in mults]
+    inside = [t for t in ticks if lo <= t <= hi]
+    return inside if len(inside) >= 2 else [t for t in ticks if lo / 10 <= t <= hi * 10][:4]
+
+
 def scatter(
     points: Sequence[tuple[float, float, str]],
     front: Sequence[int],
@@ -125,23 +147,46 @@ def scatter(
     xlabel: str,
     ylabel: str,
     log_x: bool = False,
+    xfmt=_short,
+    baseline: tuple[float, str] | None = None,
+    max_labels: int = 40,
 ) -> Markup:
-    """Points (x, y, label); ``front`` indices are drawn highlighted and joined by a step line."""
-
-    def tx(x: float) -> float:
-        return math.log10(1 + x) if log_x else x
-
-    pts = [(tx(x), y, label, i) for i, (x, y, label) in enumerate(points) if math.isfinite(x) and math.isfinite(y)]
+    """Points (x, y, label), each labelled (up to ``max_labels``; beyond, only the front); ``front`` indices drawn
+    highlighted and joined by a step line; a legend. On a log axis x must be > 0: nothing pretends that 0 is on it.
+    ``baseline`` (y, label) is a dashed horizontal line, for a row with no cost on this axis (the base model)."""
+    pts = [
+        (math.log10(x) if log_x else x, y, label, i)
+        for i, (x, y, label) in enumerate(points)
+        if math.isfinite(x) and math.isfinite(y) and (x > 0 or not log_x)
+    ]
     if not pts:
         return Markup('<p class="muted">no runs with both values</p>')
     xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+    if baseline is not None:
+        ys = [*ys, baseline[0]]
     xlo, xhi, ylo, yhi = min(xs), max(xs), min(ys), max(ys)
-    sx, sy = _scale(xlo, xhi, PAD + 8, W - 24), _scale(ylo, yhi, H - PAD - 8, 24)
-    xfmt = (lambda v: "0" if v == 0 else _short(10**v)) if log_x else _short  # 10^k - 1 labelled 10^k
-    # log axis: ticks at 0 and at powers of ten (x = 10^k - 1 in the log10(1 + x) space)
-    xt = [0.0, *range(max(1, math.ceil(xlo)), math.floor(xhi) + 1)] if log_x else _ticks(xlo, xhi)
-    xt = [t for t in xt if xlo <= t <= xhi] or [xlo]
-    parts = _axes(sx, sy, xt, _ticks(ylo, yhi), xlabel, ylabel, xfmt, lambda v: f"{100 * v:.1f}")
+    if log_x:
+        xt = [math.log10(t) for t in log_ticks(10**xlo, 10**xhi)]
+        xlo, xhi = min([xlo, *xt]), max([xhi, *xt])
+    else:
+        xt = nice_ticks(xlo, xhi)
+        xlo, xhi = min([xlo, *xt]), max([xhi, *xt])
+    yt = nice_ticks(ylo, yhi)
+    ylo, yhi = min([ylo, *yt]), max([yhi, *yt])
+    if xhi == xlo:
+        xlo, xhi = xlo - 1, xhi + 1
+    if yhi == ylo:
+        ylo, yhi = ylo - 0.01, yhi + 0.01
+    right = W - 110  # room for labels of the rightmost points
+    sx, sy = _scale(xlo, xhi, PAD + 16, right), _scale(ylo, yhi, H - PAD - 8, 40)
+    tick_fmt = (lambda v: xfmt(10**v)) if log_x else xfmt
+    parts = _axes(sx, sy, xt, yt, xlabel, ylabel, tick_fmt, lambda v: f"{100 * v:.3g}")
+    if baseline is not None:
+        y = sy(baseline[0])
+        parts.append(f'<line x1="{PAD}" y1="{y:.1f}" x2="{W - 16}" y2="{y:.1f}" class="baseline"/>')
+        parts.append(
+            f'<text x="{W - 18}" y="{y - 4:.1f}" class="pt-label" text-anchor="end">{escape(baseline[1])}</text>'
+        )
     on_front = set(front)
     fpts = sorted((p for p in pts if p[3] in on_front), key=lambda p: p[0])
     if len(fpts) > 1:
@@ -149,11 +194,37 @@ def scatter(
             f" H{sx(p[0]):.1f} V{sy(p[1]):.1f}" for p in fpts[1:]
         )
         parts.append(f'<path d="{d}" class="front"/>')
+    label_all = len(pts) <= max_labels
+    placed: list[tuple[float, float, float]] = []  # (x0, x1, y) of labels already drawn
     for x, y, label, i in pts:
         cls = "pt front-pt" if i in on_front else "pt"
+        cx, cy = sx(x), sy(y)
         parts.append(
-            f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="{6 if i in on_front else 4}" class="{cls}">'
-            f"<title>{escape(label)}: {100 * y:.1f}{' (Pareto front)' if i in on_front else ''}</title>"
-            "</circle>"
+            f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="{6 if i in on_front else 4}" class="{cls}" data-label="'
+            f'{escape(label)}"><title>{escape(label)}: {100 * y:.3g}'
+            f"{' (Pareto front)' if i in on_front else ''}</title></circle>"
         )
+        if not (label_all or i in on_front):
+            continue
+        width = 6.2 * len(label)
+        lx, ly = cx + 8, cy + 4
+        for _ in range(4):  # step down past labels already drawn there
+            if not any(a < lx + width and lx < b and abs(ly - c) < 12 for a, b, c in placed):
+                break
+            ly += 12
+        placed.append((lx, lx + width, ly))
+        parts.append(f'<text x="{lx:.1f}" y="{ly:.1f}" class="pt-label">{escape(label)}</text>')
+    legend = [
+        ('<circle cx="{x}" cy="14" r="6" class="legend-pt front-pt"/>', "Pareto front"),
+        ('<circle cx="{x}" cy="14" r="4" class="legend-pt"/>', "other runs"),
+    ]
+    if baseline is not None:
+        legend.append(('<line x1="{x0}" y1="14" x2="{x1}" y2="14" class="baseline"/>', "base model"))
+    x = PAD + 8
+    for shape, text in legend:
+        parts.append(shape.format(x=x, x0=x - 8, x1=x + 8))
+        parts.append(f'<text x="{x + 12}" y="18" class="tick legend">{escape(text)}</text>')
+        x += 24 + 6.5 * len(text)
+    if not label_all:
+        parts.append(f'<text x="{W - 18}" y="18" class="tick" text-anchor="end">labels: Pareto front only</text>')
     return _svg(parts, title)

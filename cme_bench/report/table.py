@@ -73,6 +73,8 @@ class Table:
     columns: tuple[Column, ...]
     rows: tuple[Row, ...]
     notes: tuple[str, ...] = ()
+    # Columns whose best value is not statistically separable from the rest: no "best" is marked there.
+    inseparable: frozenset[str] = frozenset()
 
     def index(self, key: str) -> int:
         for i, column in enumerate(self.columns):
@@ -92,13 +94,15 @@ class Table:
         raise KeyError(f"no row {row_key!r}")
 
     def best_rows(self, key: str) -> set[int]:
-        """Indices of the successful rows holding the best value of an ordered numeric column (ties all count)."""
+        """Index of the successful row holding the best value of an ordered numeric column; empty where several rows
+        share that value or the builder found the best not separable from the others (``inseparable``)."""
         i = self.index(key)
         column = self.columns[i]
-        if not column.ordered:
+        if not column.ordered or key in self.inseparable:
             return set()
         values = {r: row.cells[i].value for r, row in enumerate(self.rows) if row.ok and row.cells[i].is_number}
-        if not values:
+        if len(values) < 2:  # a lone value is not "the best" of anything
             return set()
         best = max(values.values()) if column.higher_is_better else min(values.values())
-        return {r for r, v in values.items() if v == best}
+        rows = {r for r, v in values.items() if v == best}
+        return rows if len(rows) == 1 else set()

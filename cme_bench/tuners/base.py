@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cme_bench.errors import CmeError, ConfigError
+from cme_bench.tuners.tokens import real_tokens
 
 FFN_TARGETS = ["gate_proj", "up_proj", "down_proj"]
 FORWARD_MODES = ("reference", "fused")
@@ -228,7 +229,7 @@ class AdapterLayerMixin:
 
     def record_load(self, weights: torch.Tensor) -> None:
         """Record routing weights ``[..., E]`` (already normalised so each token's weights sum to 1)."""
-        mean = weights.detach().reshape(-1, weights.shape[-1]).float().mean(0)
+        mean = real_tokens(weights.detach()).float().mean(0)  # padding is no load
         self.last_load = mean
         self.load_sum = mean if self.load_sum is None else self.load_sum + mean
         self.load_count += 1

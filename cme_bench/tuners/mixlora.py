@@ -33,6 +33,7 @@ from cme_bench.tuners.base import (
     new_linears,
     softmax_route,
 )
+from cme_bench.tuners.tokens import real_mask
 
 PROJECTIONS = ("gate", "up", "down")
 
@@ -121,7 +122,13 @@ def mix_experts_ffn(
 
 
 def switch_balance_loss(probs: torch.Tensor, top_i: torch.Tensor, num_experts: int) -> torch.Tensor:
-    """``E * sum_e f_e * P_e``: f_e = (tokens with e in their top-k) / tokens, P_e = mean router probability."""
+    """``E * sum_e f_e * P_e``: f_e = (tokens with e in their top-k) / tokens, P_e = mean router probability.
+
+    Over real tokens only: padding positions of the training forward are left out (``tuners.tokens``).
+    """
+    keep = real_mask(probs)
+    if keep is not None:
+        probs, top_i = probs[keep], top_i.reshape(keep.numel(), -1)[keep]
     counts = torch.zeros(num_experts, device=probs.device).index_add(
         0, top_i.reshape(-1), torch.ones(top_i.numel(), device=probs.device)
     )

@@ -33,6 +33,7 @@ from cme_bench.tuners.base import (
     new_linears,
     softmax_route,
 )
+from cme_bench.tuners.tokens import per_example_sums
 
 
 class MoeLoraLayer(nn.Module, AdapterLayerMixin):
@@ -97,12 +98,13 @@ def cv_squared(x: torch.Tensor) -> torch.Tensor:
 def localized_balance_loss(w: torch.Tensor, task_types: torch.Tensor | None, delta: float) -> torch.Tensor:
     """LoRAMoE's L_lbc = CV^2(Q * I) (before its weight beta).
 
-    ``Q[b, e] = sum_t w_e(x_bt)`` (padding not masked, as released); ``I[b, e] = 1 + delta`` if expert e belongs to
+    ``Q[b, e] = sum_t w_e(x_bt)`` over the real tokens of example b (``tuners.tokens``: the release sums over padding
+    too, and packed rows hold several examples; a labelled deviation); ``I[b, e] = 1 + delta`` if expert e belongs to
     sample b's group (the first E/2 experts serve ``task_type == 1``, the rest the others) else ``1 - delta``.
     Without task types every ``I`` is 1, i.e. a plain CV^2 balance over (sample, expert): a labelled deviation,
     reported by ``adapter_info``.
     """
-    q = w.reshape(w.shape[0], -1, w.shape[-1]).sum(dim=1) if w.dim() >= 3 else w
+    q = per_example_sums(w)
     if task_types is None or delta == 0.0:
         return cv_squared(q)
     num_experts = q.shape[-1]

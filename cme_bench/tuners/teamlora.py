@@ -39,6 +39,7 @@ from cme_bench.tuners.base import (
     method_defaults,
     new_linear,
 )
+from cme_bench.tuners.tokens import real_tokens
 
 
 class TeamLoraLayer(nn.Module, AdapterLayerMixin):
@@ -89,8 +90,12 @@ class TeamLoraLayer(nn.Module, AdapterLayerMixin):
         return adjusted / norm * self.k
 
     def balance_loss(self, w: torch.Tensor) -> torch.Tensor:
-        """``(1/k) sum_i (m_i - 1/k)^2`` on the k-scaled weights, over every batch x seq position, as released."""
-        m = w.reshape(-1, self.k).mean(dim=0)
+        """``(1/k) sum_i (m_i - 1/k)^2`` on the k-scaled weights, averaged over the real tokens of the batch.
+
+        The release averages over every batch x seq position, padding included; padding is masked here (the same
+        value on an unpadded or packed batch), a labelled deviation.
+        """
+        m = real_tokens(w).reshape(-1, self.k).mean(dim=0)
         return ((m - 1.0 / self.k) ** 2).mean()
 
     # -- forward paths -----------------------------------------------------------------------------------------

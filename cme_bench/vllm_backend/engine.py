@@ -1,8 +1,9 @@
 """vLLM engines for cme-bench: one engine per base model serving many LoRA adapters, or one per routed/merged adapter.
 
-``Engine`` owns a ``vllm.LLM``; ``Engine.generate`` and ``Engine.evaluate`` take a ``ServingPlan`` saying which
-adapter a call uses. The lm-eval path is lm-eval's own ``vllm`` model class (same task configs, same request
-building and scoring as ``--model vllm``), given our already-built engine and LoRA request (``CmeVLLM``).
+``Engine`` owns a ``vllm.LLM``; ``Engine.generate`` and ``Engine.lm`` take a ``ServingPlan`` saying which adapter a
+call uses. ``Engine.lm`` is lm-eval's own ``vllm`` model class (same task configs, same request building and scoring
+as ``--model vllm``), given our already-built engine and LoRA request (``CmeVLLM``); evaluation itself is the shared
+per-task loop (``cme_bench.evaluate.run_tasks``) through the backend seam (``backend.py``).
 
 Process rules (ecosystem.md (b)): a script that builds an engine keeps an ``if __name__ == "__main__":`` guard: with
 vLLM's multi-process layout (``VLLM_ENABLE_V1_MULTIPROCESSING=1``; on a GPU) the CPU platform starts processes with
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cme_bench.errors import CmeError
-from cme_bench.vllm_backend import require_vllm
+from cme_bench.vllm_backend.check import require_vllm
 from cme_bench.vllm_backend.routed import BLOCK_METHODS
 from cme_bench.vllm_backend.serving import ServingPlan, lora_rank_limit
 
@@ -45,7 +46,7 @@ class Engine:
     """A ``vllm.LLM`` over one model folder; LoRA plans are served by request on the same engine.
 
     Args:
-        plans: every plan this engine will serve; they must share ``engine_key`` (``plans_by_engine`` groups them).
+        plans: every plan this engine will serve; they must share ``engine_key`` (the backend's ``group_key``).
             ``max_lora_rank`` is taken from the LoRA plans' ranks, rounded up to a rank vLLM accepts.
         dtype: default: the HF backend's (``models.default_dtype``): fp32 on CPU, bf16 on a CUDA device that supports
             it. Not vLLM's ``"auto"``, which downcasts fp32 checkpoints: parity with HF needs the same dtype.
@@ -70,7 +71,7 @@ class Engine:
             raise ValueError("Engine needs at least one plan")
         keys = {p.engine_key for p in plans}
         if len(keys) != 1:
-            raise ValueError(f"plans need {len(keys)} different engines; group them with plans_by_engine")
+            raise ValueError(f"plans need {len(keys)} different engines; group them by engine_key")
         require_vllm()
         _ensure_plugin(plans)
         from vllm import LLM
@@ -175,41 +176,7 @@ class Engine:
         from cme_bench.vllm_backend.lm_eval_model import CmeVLLM
 
         self._check_plan(plan)
-        return CmeVLLM(self, plan, batch_size=batch_size, **lm_kwargs)
-
-    def evaluate(
-        self,
-        plan: ServingPlan | None,
-        tasks: Sequence[str],
-        *,
-        limit: int | float | None = None,
-        batch_size: int | str = "auto",
-        include_path: Path | Sequence[Path] | None = None,
-        log_samples: bool = True,
-        num_fewshot: int | None = None,
-        **evaluate_kwargs: Any,
-    ) -> dict[str, Any]:
-        """lm-eval ``simple_evaluate`` on this engine: its results dict, with ``samples`` when ``log_samples``."""
-        import lm_eval
-
-        results = lm_eval.simple_evaluate(
-            model=self.lm(plan, batch_size=batch_size),
-            tasks=list(tasks),
-            limit=limit,
-            num_fewshot=num_fewshot,
-            task_manager=task_manager(include_path),
-            log_samples=log_samples,
-            **evaluate_kwargs,
-        )
-        if results is None:  # non-zero ranks in distributed runs; not our case
-            raise CmeError("lm-eval returned no results")
-        results.setdefault("config", {})["backend"] = "vllm"
-        results["config"]["vllm"] = {
-            "adapter_kind": plan.kind if plan else "base",
-            "max_lora_rank": self.max_lora_rank,
-            "note": plan.note if plan else "",
-        }
-        return results
+        return CmeVLLM(self.llm, self.llm_kwargs, self.lora_request(plan), batch_size=batch_size, **lm_kwargs)
 
     # -- lifetime -----------------------------------------------------------------------------------------------
 
@@ -232,20 +199,6 @@ class Engine:
         self.close()
 
 
-def task_manager(include_path: Path | Sequence[Path] | None = None):
-    """The same lm-eval TaskManager the HF backend uses (``taskreg.task_manager``): our ``tasks/`` plus extras."""
-    paths = [include_path] if isinstance(include_path, (str, Path)) else list(include_path or [])
-    try:
-        from cme_bench import taskreg
-    except ImportError:  # taskreg not there yet: build it the same way (our tasks only, no lm-eval built-ins)
-        from lm_eval.tasks import TaskManager
-
-        from cme_bench.paths import tasks_dir
-
-        return TaskManager(include_path=[str(p) for p in [tasks_dir(), *paths]], include_defaults=False)
-    return taskreg.task_manager(paths)
-
-
 def _bf16_supported() -> bool:
     import torch
 
@@ -261,11 +214,3 @@ def _model_max_len(model_dir: Path) -> int | None:
         return None
     value = cfg.get("max_position_embeddings")
     return int(value) if value else None
-
-
-def plans_by_engine(plans: Sequence[ServingPlan]) -> list[list[ServingPlan]]:
-    """Group plans so that each group runs on one engine (base + all LoRAs together; each routed/merged alone)."""
-    groups: dict[tuple[str, str], list[ServingPlan]] = {}
-    for p in plans:
-        groups.setdefault(p.engine_key, []).append(p)
-    return list(groups.values())

@@ -64,8 +64,8 @@ def time_variants(
     from cme_bench.adapters import save_adapter
     from cme_bench.models import architecture_info
     from cme_bench.profile import quartiles, random_tokens
+    from cme_bench.vllm_backend.backend import model_folder
     from cme_bench.vllm_backend.engine import Engine
-    from cme_bench.vllm_backend.run import model_folder
 
     vllm_backend.require_vllm()
     model_dir = model_folder(loaded.spec)

@@ -53,23 +53,25 @@ def test_routed_matches_hf(method: str, base_dir: Path, tokenizer) -> None:
     assert got == want
 
 
-def test_evaluate_run_matches_hf_backend(base_dir: Path) -> None:
-    """The runner's ``--backend vllm`` path (``evaluate_run``) against the HF path (``cme_bench.evaluate``) for a
-    TeamLoRA adapter: same primary metrics, same per-document predictions."""
-    from cme_bench import vllm_backend
-    from cme_bench.evaluate import evaluate as hf_evaluate
+def test_vllm_backend_matches_hf_backend(base_dir: Path) -> None:
+    """The two backends through the one evaluation path (``cme_bench.evaluate.evaluate``, what the runner's stages
+    run) for a TeamLoRA adapter: same primary metrics, same per-document predictions."""
+    from cme_bench.backends import EvalTarget
+    from cme_bench.evaluate import evaluate
     from cme_bench.models import load_model
+    from cme_bench.vllm_backend.backend import VLLMBackend
 
     tasks, limit = ["cme_mini_sst2", "cme_mini_rte"], 6
     adapter = make_adapter(base_dir, base_dir.parent / "teamlora-eval", "teamlora", ROUTED["teamlora"], seed=2)
     done: list = []
-    got = vllm_backend.evaluate_run(
-        base_dir, adapter, tasks, limit=limit, engine_kwargs={"dtype": "float32"}, on_task_done=done.append
-    )
+    vllm = VLLMBackend(engine_kwargs={"dtype": "float32"})
+    got = evaluate(EvalTarget(str(base_dir), adapter), tasks, backend=vllm, limit=limit, on_task_done=done.append)
     done = [r.task for r in done]
     assert done == tasks
+    assert got.backend_info["vllm"]["adapter_kind"] == "routed"
     loaded = load_model(str(base_dir))
-    want = hf_evaluate(hf_model(base_dir, adapter), loaded.tokenizer, tasks, limit=limit, batch_size=1, progress=False)
+    target = EvalTarget(str(base_dir), adapter, model=hf_model(base_dir, adapter), tokenizer=loaded.tokenizer)
+    want = evaluate(target, tasks, backend="hf", limit=limit, batch_size=1, progress=False)
     for task in tasks:
         g, w = got.tasks[task], want.tasks[task]
         assert (g.metric, g.value, g.n) == (w.metric, w.value, w.n)

@@ -26,9 +26,9 @@ def test_sweep_shares_one_engine_between_base_and_lora(tmp_path: Path, caplog: p
     argv += ["--tasks", "cme_mini_sst2", "--train-cap", "8", "--batch-size", "4", "--max-steps", "2", "--limit", "4"]
     assert main([*argv, "--output", str(out), "--no-report"]) == 1
     starts = [r.getMessage() for r in caplog.records if r.getMessage().startswith("starting vLLM engine")]
-    groups = [r.getMessage() for r in caplog.records if r.getMessage().startswith("sweep: one vLLM engine for")]
+    groups = [r.getMessage() for r in caplog.records if r.getMessage().startswith("sweep: one evaluation session")]
     assert len(starts) == 2, starts
-    assert groups == ["sweep: one vLLM engine for none, lora", "sweep: one vLLM engine for teamlora"]
+    assert groups == ["sweep: one evaluation session for none, lora", "sweep: one evaluation session for teamlora"]
     records = {p.parent.name: json.loads(p.read_text()) for p in out.glob("*/run.json")}
     assert len(records) == 4
     failed = records.pop(f"{base.name}--broken--cme-mini--s0")

@@ -56,6 +56,8 @@
     }
     document.querySelectorAll('.js-count[data-for="' + table.id + '"]').forEach(function (e) { e.textContent = String(shown); });
   }
+  // On a phone the filters start folded so the scores are on the first screen.
+  if (window.innerWidth < 700) document.querySelectorAll("details.filters").forEach(function (d) { d.open = false; });
   document.querySelectorAll("table[data-sortable]").forEach(function (table) {
     var ths = table.tHead.rows[0].cells;
     Array.prototype.forEach.call(ths, function (th, col) {
