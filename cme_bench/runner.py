@@ -178,9 +178,10 @@ def finish(record: RunLog, status: str, exc: BaseException | None = None) -> Non
 def _guarded(record: RunLog, body, *, last: bool = True) -> dict[str, Any]:
     """Run ``body()``; if it raises, the record ends as failed or cancelled, else (when ``last``) as success.
 
-    Either way the attempt ends (``runlock.closing``): the lock is released, a staged rerun is swapped in or dropped.
+    The attempt ends with the last stage (``runlock.closing``): the lock is released, a staged rerun is swapped in
+    (or dropped when a stage fails). A sweep's training stage (``last=False``) keeps it open for the evaluation.
     """
-    with runlock.closing(record):
+    with runlock.closing(record, keep=not last):
         try:
             body()
         except KeyboardInterrupt as exc:
