@@ -123,17 +123,26 @@ def _quiet_custom_dataset_hint(record: logging.LogRecord) -> bool:
 def _check_yaml_syntax(folders: Sequence[str]) -> None:
     """A YAML in an ``--include-path`` folder that does not parse is an error naming it (lm-eval skips it silently).
 
-    ``tasks validate`` reports these as problems instead (it reads the files itself).
+    Syntax only (tags such as ``!function`` are accepted unread); ``tasks validate`` checks the contents.
     """
-    from cme_bench.errors import LoadError
-    from cme_bench.taskcheck import Problem, _load_raw
+    import yaml
 
+    from cme_bench.errors import LoadError
+
+    class _SyntaxOnly(yaml.SafeLoader): ...
+
+    _SyntaxOnly.add_multi_constructor("!", lambda loader, suffix, node: None)
     for folder in folders:
         for path in sorted(Path(folder).rglob("*.yaml")):
-            problems: list[Problem] = []
-            if _load_raw(path, problems) is None and problems:
-                p = problems[0]
-                raise LoadError(path, f"task YAML {str(path)!r}: {p.key}: {p.message}")
+            try:
+                data = yaml.load(path.read_text(encoding="utf-8"), Loader=_SyntaxOnly)
+            except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+                mark = getattr(err, "problem_mark", None)
+                where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+                reason = getattr(err, "problem", None) or err
+                raise LoadError(path, f"task YAML {str(path)!r}: {where}{reason}") from err
+            if not isinstance(data, dict):
+                raise LoadError(path, f"task YAML {str(path)!r}: expected a mapping, got {type(data).__name__}")
 
 
 @functools.lru_cache(maxsize=8)
