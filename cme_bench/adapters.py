@@ -3,7 +3,7 @@ load, for every method in ``cme_bench.tuners.TUNERS``.
 
 Two backends sit behind one API:
 - ``peft`` (lora, dora, adalora): ``apply_adapter`` returns a ``PeftModel``; adapters are saved in PEFT's own format
-  with cme-bench's fields under the key ``"cme_bench"`` of ``adapter_config.json``;
+  (``base_model_name_or_path`` filled) with cme-bench's fields in the sidecar ``cme_bench.json``;
 - ``native`` (every other method): adapter layers are injected into the Hugging Face model in place, so the returned
   object *is* the HF model (``generate``, ``config``, ``device``, ``tie_weights`` all work, and lm-eval's
   ``HFLM(pretrained=model)`` accepts it). The adapter description lives in ``model._cme_adapter``.
@@ -28,6 +28,7 @@ import torch
 import yaml
 from torch import nn
 
+from cme_bench import modelcard
 from cme_bench.config import check_training
 from cme_bench.errors import CmeError, ConfigError, loading
 from cme_bench.paths import adapters_dir
@@ -404,21 +405,32 @@ def load_adapter_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None
             live[key].copy_(value.to(live[key].dtype))
 
 
-def save_adapter(model: nn.Module, out_dir: str | Path, *, base_info: dict[str, Any]) -> Path:
-    """Write ``adapter_config.json`` + ``adapter_model.safetensors`` to ``out_dir`` atomically.
+def save_adapter(
+    model: nn.Module,
+    out_dir: str | Path,
+    *,
+    base_info: dict[str, Any],
+    base_model: str | None = None,
+    run: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``adapter_config.json`` + ``adapter_model.safetensors`` + a ``README.md`` model card atomically.
 
     The folder is written under a temporary name next to ``out_dir`` and moved into place with ``os.replace``, so a
-    crash never leaves a half-written adapter. ``base_info`` is ``cme_bench.models.architecture_info(base)``.
+    crash never leaves a half-written adapter. ``base_info`` is ``cme_bench.models.architecture_info(base)``;
+    ``base_model`` the model spec the adapter was trained on (recorded as ``base_model_name_or_path``: a folder, a
+    hub id, or a built-in's materialised folder); ``run`` the run record, for the model card's training section.
     """
     info = _info(model)
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    base_ref = base_reference(base_model) if base_model else (getattr(model, "name_or_path", None) or None)
     try:
         if info["backend"] == "peft":
-            _write_peft(model, tmp, info, base_info)
+            _write_peft(model, tmp, info, base_info, base_ref)
         else:
-            _write_native(model, tmp, info, base_info)
+            _write_native(model, tmp, info, base_info, base_ref)
+        modelcard.write_model_card(tmp, run=run)
         fsync_dir(tmp)
         replace_dir(tmp, out_dir)
     finally:
@@ -427,21 +439,43 @@ def save_adapter(model: nn.Module, out_dir: str | Path, *, base_info: dict[str, 
     return out_dir
 
 
-def _write_native(model: nn.Module, tmp: Path, info: dict[str, Any], base_info: dict[str, Any]) -> None:
+def base_reference(spec: str) -> str | None:
+    """What ``base_model_name_or_path`` should say for a model spec: a folder (built-ins and GGUF files: their
+    materialised folder) or a hub id; None when nothing loadable can be named."""
+    from cme_bench.models import materialize
+
+    if spec.startswith("hf:"):
+        return spec[3:]
+    try:
+        return str(materialize(spec))
+    except CmeError:
+        return None
+
+
+def _write_native(
+    model: nn.Module, tmp: Path, info: dict[str, Any], base_info: dict[str, Any], base_ref: str | None
+) -> None:
     from safetensors.torch import save_file
 
     tmp.mkdir()
     tensors = {k: v.contiguous().cpu() for k, v in adapter_state(model).items()}
     save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": FORMAT, "method": info["method"]})
-    (tmp / CONFIG_NAME).write_text(json.dumps(cme_fields(info, base_info), indent=2, sort_keys=True) + "\n")
+    config = {**cme_fields(info, base_info), "base_model_name_or_path": base_ref}
+    (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
-def _write_peft(model: nn.Module, tmp: Path, info: dict[str, Any], base_info: dict[str, Any]) -> None:
+def _write_peft(
+    model: nn.Module, tmp: Path, info: dict[str, Any], base_info: dict[str, Any], base_ref: str | None
+) -> None:
+    """PEFT's own folder, untouched but for ``base_model_name_or_path``; our fields go to a sidecar file, because
+    PEFT warns about unknown keys in its config (and tells the user to upgrade PEFT)."""
     model.save_pretrained(str(tmp), safe_serialization=True)
     config_path = tmp / CONFIG_NAME
     config = json.loads(config_path.read_text())
-    config["cme_bench"] = cme_fields(info, base_info)
+    if base_ref:
+        config["base_model_name_or_path"] = base_ref
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    (tmp / modelcard.SIDECAR_NAME).write_text(json.dumps(cme_fields(info, base_info), indent=2, sort_keys=True) + "\n")
 
 
 def load_adapter(base_model: nn.Module, adapter_dir: str | Path) -> nn.Module:
@@ -502,14 +536,19 @@ def _apply_authors(base_model: nn.Module, config: dict[str, Any]) -> nn.Module:
 def _load_peft(base_model: nn.Module, folder: Path, config: dict[str, Any], state: dict[str, torch.Tensor]):
     from peft import PeftConfig, get_peft_model
 
-    cme = config.get("cme_bench") or {}
+    # cme-bench's fields: the sidecar file, or (folders saved before it existed) the "cme_bench" key of the config.
+    sidecar = folder / modelcard.SIDECAR_NAME
+    cme = json.loads(sidecar.read_text()) if sidecar.is_file() else config.get("cme_bench") or {}
     if cme.get("base_model"):
         check_base(cme["base_model"], base_model)
     with warnings.catch_warnings():
-        # PEFT warns about the extra "cme_bench" key we add to its config; it ignores the key, as intended.
+        # Folders saved by older cme-bench carry a "cme_bench" key in PEFT's config; PEFT warns and ignores it.
         warnings.filterwarnings("ignore", message=r"Unexpected keyword arguments \['cme_bench'\]")
         peft_config = PeftConfig.from_pretrained(str(folder))
     peft_config.inference_mode = False
+    # The base in hand was checked by architecture above; the recorded name is for tools that load the base
+    # themselves. Without this PEFT warns that the name "changed" to the in-memory model's (often none).
+    peft_config.base_model_name_or_path = None
     method = cme.get("method") or peft_method(config)
     targets = find_targets(base_model, targets_from_peft(peft_config.target_modules), nn.Linear)
     was_training = base_model.training

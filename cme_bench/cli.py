@@ -4,7 +4,9 @@ Each verb lives in its own module ``cme_bench/commands/<verb>.py`` exposing ``HE
 ``add_arguments(parser)`` and ``main(args) -> int``. Those modules import nothing heavy at module level (torch,
 transformers and lm-eval are imported inside ``main``), so ``cme-bench --help`` stays instant.
 
-Adding a verb: write its module, then add its name to ``VERBS``.
+Adding a verb: write its module, then add its name to ``VERBS``. A verb that adds ``--config``
+(``runfile.add_config_argument``) reads run files: ``parse_args`` fills the options not typed on the command line
+from the file, and ``main`` prints the resolved configuration before any work.
 """
 
 from __future__ import annotations
@@ -36,13 +38,27 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(f"cme_bench.commands.{verb}")
         p = sub.add_parser(verb, help=module.HELP, description=module.HELP)
         module.add_arguments(p)
-        p.set_defaults(_command=module.main)
+        p.set_defaults(_command=module.main, _parser=p)
     return parser
 
 
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse ``argv``; with ``--config FILE``, options not typed on the command line come from the run file."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    if getattr(args, "config", None) is not None:
+        from cme_bench import runfile
+
+        runfile.apply(args, args._parser, argv[argv.index(args.verb) + 1 :])
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except CmeError as err:  # a bad run file: one readable message, like any other user error
+        print(f"cme-bench: error: {err}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
@@ -51,6 +67,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         # lm-eval and transformers log every task set-up step at INFO; our own progress bars say what matters.
         for noisy in ("lm_eval", "transformers", "datasets", "accelerate"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+    if hasattr(args, "config"):
+        from cme_bench import runfile
+
+        source = f"run file {args.config}" if args.config else "no run file"
+        print(f"# resolved configuration (command line > run file > defaults; {source})")
+        print(runfile.dump(runfile.resolved(args, args._parser)), end="", flush=True)
     try:
         return int(args._command(args) or 0)
     except CmeError as err:

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from cme_bench import adapters, backends, results, runlock, taskreg
+from cme_bench import adapters, backends, modelcard, results, runlock, taskreg, trackers
 from cme_bench.backends import EvalBackend, EvalSession, EvalTarget
 from cme_bench.config import NO_ADAPTER, RunConfig
 from cme_bench.errors import CmeError
@@ -96,6 +96,8 @@ def _open_record(cfg: RunConfig, run_id: str, name: str) -> RunLog:
     record.attempt = attempt
     with runlock.closing(record, keep=True):
         record.save()
+        if record.enabled:  # a staged rerun's tracker files go with it (into the staging folder)
+            trackers.start_run(run_id, cfg.to_dict(), record.dir)
     return record
 
 
@@ -171,8 +173,10 @@ def _costs(result, model, tokenizer) -> dict[str, Any]:
 
 
 def finish(record: RunLog, status: str, exc: BaseException | None = None) -> None:
-    """The last stage: the run's final status (success, failed, cancelled), its error and the finishing time."""
+    """The last stage: the run's final status (success, failed, cancelled), its error and the finishing time; the
+    final scores go to the active experiment trackers, whose runs for this record close."""
     record.update(status=status, error=results.error_info(exc) if exc else None, finished_at=results.now())
+    trackers.finish_run(record.data)
 
 
 def _guarded(record: RunLog, body, *, last: bool = True) -> dict[str, Any]:
@@ -237,17 +241,20 @@ def train_stage(state: RunState) -> Trained:
         loaded.model, preset, total_steps=total_steps(len(train_records), cfg, world), seed=cfg.seed
     )
     record.update(adapter=_adapter_summary(model, preset=preset.name, path="adapter"))
-    result = train(model, loaded.tokenizer, train_records, cfg, out_dir=record.dir, resume=cfg.resume)
+    on_step = partial(trackers.log_step, record.data["run_id"])  # per-step metrics to the experiment trackers
+    result = train(model, loaded.tokenizer, train_records, cfg, out_dir=record.dir, resume=cfg.resume, on_step=on_step)
     return Trained(model, loaded.tokenizer, result, base_info, base_logits)
 
 
 def save_stage(state: RunState, trained: Trained) -> None:
     """Save ``adapter/``, record training and costs, check that the adapter changes the logits (main process)."""
     record, model, tokenizer = state.record, trained.model, trained.tokenizer
-    adapters.save_adapter(model, record.dir / "adapter", base_info=trained.base_info)
-    shutil.rmtree(record.dir / "checkpoints", ignore_errors=True)  # the saved adapter supersedes them
     # Expert load averaged over every training forward (not just the last batch).
     record.update(training={**trained.result.to_dict(), "expert_load": adapters.expert_load(model, cumulative=True)})
+    adapters.save_adapter(
+        model, record.dir / "adapter", base_info=trained.base_info, base_model=state.cfg.model, run=record.data
+    )
+    shutil.rmtree(record.dir / "checkpoints", ignore_errors=True)  # the saved adapter supersedes them
     check_adapter_applied(trained.base_logits, model, tokenizer)
     record.update(costs=_costs(trained.result, model, tokenizer))
     state.adapter_dir, state.model, state.tokenizer = record.dir / "adapter", model, tokenizer
@@ -300,6 +307,8 @@ def evaluate_stage(state: RunState, session: EvalSession) -> None:
         "lm_eval": {k: lm.get(k) for k in ("results", "versions", "n-samples", "higher_is_better", "configs")},
         **session.describe(target),
     }
+    if record.enabled and state.adapter_dir == record.dir / "adapter":  # an adapter this run trained: card + scores
+        modelcard.write_model_card(state.adapter_dir, run=record.data)
 
 
 def _evaluate_alone(state: RunState, backend: EvalBackend) -> None:

@@ -21,6 +21,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -282,6 +283,22 @@ def state_digest(model: torch.nn.Module) -> str:
 # The loop
 
 
+def step_metrics(
+    loss: float, aux: float, lr: float, tokens_per_second: float, load: dict[str, list[float]]
+) -> dict[str, float]:
+    """One optimiser step's metrics for ``on_step``: ``train/loss``, ``train/aux_loss``, ``train/lr``,
+    ``train/tokens_per_second`` (this process) and, for routed adapters, ``train/expert_load/<i>`` (expert i's mean
+    routing share over the routed layers of the last micro-batch) and ``train/expert_load/max`` (the busiest
+    expert's share in any layer)."""
+    metrics = {"train/loss": loss, "train/aux_loss": aux, "train/lr": lr, "train/tokens_per_second": tokens_per_second}
+    if load:
+        per_layer = list(load.values())
+        k = min(len(v) for v in per_layer)
+        metrics.update({f"train/expert_load/{i}": sum(v[i] for v in per_layer) / len(per_layer) for i in range(k)})
+        metrics["train/expert_load/max"] = max(max(v) for v in per_layer)
+    return metrics
+
+
 def _mixed_precision(cfg: TrainConfig) -> str:
     if cfg.mixed_precision != "auto":
         return cfg.mixed_precision
@@ -297,8 +314,13 @@ def train(
     out_dir: Path,
     resume: bool = False,
     progress: bool = True,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
 ) -> TrainResult:
-    """Fine-tune the trainable (adapter) parameters of ``model`` on ``records`` ({"prompt", "target"} dicts)."""
+    """Fine-tune the trainable (adapter) parameters of ``model`` on ``records`` ({"prompt", "target"} dicts).
+
+    ``on_step(step, metrics)`` is called on the main process after every optimiser step with ``step_metrics``
+    (loss, aux loss, learning rate, throughput, expert load): the hook experiment trackers attach to.
+    """
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
     from tqdm.auto import tqdm
@@ -344,6 +366,8 @@ def train(
     for step, mine in step_examples(len(examples), cfg, rank, world, start):
         if step >= steps:
             break
+        step_tokens, t_step = tokens, time.perf_counter()
+        step_lr = scheduler.get_last_lr()[0]  # the rate this step's update uses
         batches = [
             _collate(cfg, [examples[i] for i in micro], tokenizer.pad_token_id, selective)
             for micro in split_micro_batches(mine, lengths, cfg)
@@ -364,6 +388,18 @@ def train(
             aux_curve.append([step + 1, round(step_aux, 6)])
         bar.update(1)
         bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+        if on_step is not None and acc.is_main_process:
+            seconds_step = time.perf_counter() - t_step
+            on_step(
+                step + 1,
+                step_metrics(
+                    step_loss,
+                    step_aux,
+                    step_lr,
+                    (tokens - step_tokens) / seconds_step if seconds_step > 0 else 0.0,
+                    adapters.expert_load(model),
+                ),
+            )
         if not math.isfinite(step_loss):
             raise CmeError(f"training diverged: loss is {step_loss} at step {step + 1}")
         if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < steps:

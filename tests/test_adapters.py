@@ -21,6 +21,7 @@ from transformers import (
 from cme_bench import adapters
 from cme_bench.cli import main as cli_main
 from cme_bench.errors import CmeError, ConfigError
+from cme_bench.modelcard import read_fields
 from cme_bench.models import architecture_info, build_tiny_llama
 
 PRESETS = [p.name for p in adapters.list_presets()]
@@ -96,8 +97,7 @@ def test_save_load_round_trip_is_bit_identical(name, tmp_path):
     perturb(model)
     expected = model(IDS).logits
     adapters.save_adapter(model, tmp_path / "ad", base_info=info)
-    config = json.loads((tmp_path / "ad" / "adapter_config.json").read_text())
-    fields = config.get("cme_bench", config)
+    fields = read_fields(tmp_path / "ad")  # PEFT folders: the cme_bench.json sidecar; ours: adapter_config.json
     assert fields["format"] == "cme-bench-adapter" and fields["format_version"] == 1
     assert fields["base_model"]["fingerprint"] == info["fingerprint"]
     loaded = adapters.load_adapter(tiny(), tmp_path / "ad")
@@ -127,7 +127,7 @@ def test_save_is_atomic_and_overwrites(tmp_path):
     perturb(model)
     adapters.save_adapter(model, out, base_info=architecture_info(tiny()))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ad"]  # no temporary or backup folder left behind
-    assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
     loaded = adapters.load_adapter(tiny(), out)
     assert torch.equal(loaded(IDS).logits, model(IDS).logits)
 

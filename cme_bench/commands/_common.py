@@ -1,4 +1,4 @@
-"""Helpers shared by the run/train/eval/sweep verbs: the outcome line and the leaderboard refresh."""
+"""Helpers shared by the run/train/eval/sweep verbs: run files, trackers, the outcome line, the leaderboard."""
 
 from __future__ import annotations
 
@@ -8,6 +8,27 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+
+def add_file_and_tracker_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--config FILE.yaml`` (a run file) and ``--log-to`` (experiment trackers)."""
+    from cme_bench import runfile
+
+    runfile.add_config_argument(parser)
+    parser.add_argument(
+        "--log-to",
+        default="",
+        metavar="TRACKERS",
+        help="experiment trackers, comma-separated: tensorboard,wandb,mlflow,trackio (optional packages; "
+        "pip install 'cme-bench[trackers]')",
+    )
+
+
+def trackers_of(args: argparse.Namespace):
+    """The context that logs every run of this command to ``--log-to`` (checked before any work)."""
+    from cme_bench import trackers
+
+    return trackers.use(trackers.parse_names(args.log_to))
 
 
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:

@@ -4,14 +4,16 @@
 - ``show NAME``: a preset's resolved hyperparameters, training values and notes;
 - ``count --model M --adapter NAME [--compare-paper]``: trainable parameters and their share of the base, counted on
   the meta device (a folder holding only ``config.json`` is enough; ``llama2-7b-cme`` is the paper's base shape);
-- ``merge --model M ADAPTER_DIR --out OUT``: fold a mergeable adapter into the base and save a plain HF folder.
+- ``merge --model M ADAPTER_DIR --out OUT``: fold a mergeable adapter into the base and save a plain HF folder;
+- ``export ADAPTER_DIR --layout authors --out OUT``: a TeamLoRA adapter in its authors' checkpoint layout;
+- ``convert FOLDER``: a pickled ``adapter_model.bin`` to ``adapter_model.safetensors`` (restricted unpickler only).
 """
 
 from __future__ import annotations
 
 import argparse
 
-HELP = "list, show, count and merge adapter presets (TeamLoRA and baselines)"
+HELP = "list, show, count, merge, export and convert adapters (TeamLoRA and baselines)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,10 +37,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="write into an existing non-empty --out (files of the same name are replaced, nothing else removed)",
     )
+    export = sub.add_parser("export", help="write a saved adapter in another tool's layout")
+    export.add_argument("adapter_dir", help="a saved cme-bench adapter folder")
+    export.add_argument(
+        "--layout", required=True, choices=["authors"], help="authors: the TeamLoRA release's checkpoint layout"
+    )
+    export.add_argument("--out", required=True, help="output folder")
+    convert = sub.add_parser(
+        "convert",
+        help="turn a pickled adapter_model.bin into adapter_model.safetensors (torch.load weights_only=True only)",
+    )
+    convert.add_argument("folder", help="an adapter folder holding adapter_model.bin")
 
 
 def main(args: argparse.Namespace) -> int:
-    return {"list": _list, "show": _show, "count": _count, "merge": _merge}[args.action](args)
+    actions = {"list": _list, "show": _show, "count": _count, "merge": _merge, "export": _export, "convert": _convert}
+    return actions[args.action](args)
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -135,4 +149,20 @@ def _merge(args: argparse.Namespace) -> int:
     model = merge_adapter(load_adapter(loaded.model, args.adapter_dir))
     out = save_model_folder(model, loaded.tokenizer, out, overwrite=args.overwrite)
     print(f"merged {args.adapter_dir} into {args.model}: {out}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from cme_bench.portable import export_authors
+
+    out = export_authors(args.adapter_dir, args.out)
+    print(f"exported {args.adapter_dir} in the {args.layout} layout: {out}")
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from cme_bench.portable import convert_bin
+
+    out = convert_bin(args.folder)
+    print(f"wrote {out} (read with torch.load(weights_only=True); adapter_model.bin left in place)")
     return 0

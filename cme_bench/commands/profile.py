@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from cme_bench import runfile
 from cme_bench.errors import CmeError
 
 HELP = "efficiency benchmark: training step, prefill/decode latency, peak memory and parameters per adapter"
@@ -58,6 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also time generation through vLLM (fused forms; run from the vLLM environment: scripts/vllm-run.sh)",
     )
     parser.add_argument("--json", type=Path, default=None, metavar="OUT", help="write the profile JSON here")
+    runfile.add_config_argument(parser)
 
 
 def main(args: argparse.Namespace) -> int:

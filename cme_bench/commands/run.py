@@ -14,6 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adapter", default="teamlora", help="adapter preset name or YAML path (default: teamlora)")
     add_run_arguments(parser)
     _common.add_report_arguments(parser)
+    _common.add_file_and_tracker_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -23,9 +24,10 @@ def main(args: argparse.Namespace) -> int:
     _common.preflight(cfg)
     if cfg.adapter != "none":
         _common.require_resumable(cfg, None)
-    if args.baseline and cfg.adapter != "none":
-        _common.print_outcome(runner.run(config_from_args(args, adapter="none", resume=False)))
-    record = runner.run(cfg)
+    with _common.trackers_of(args):
+        if args.baseline and cfg.adapter != "none":
+            _common.print_outcome(runner.run(config_from_args(args, adapter="none", resume=False)))
+        record = runner.run(cfg)
     _common.print_outcome(record)
     _common.refresh_report(args)
     return 0 if record["status"] == "success" else 1

@@ -1,4 +1,8 @@
-"""`cme-bench sweep`: several adapters in turn with identical data, seed and budget; failures don't stop it."""
+"""`cme-bench sweep`: several adapters in turn with identical data, seed and budget; failures don't stop it.
+
+With a run file (``--config``), ``grid:`` adds axes (seeds, learning rates, any run setting): the sweep runs every
+adapter at every grid point (``runfile.expand``).
+"""
 
 from __future__ import annotations
 
@@ -14,32 +18,47 @@ HELP = "run several adapters with identical data, seed and budget; a failing one
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--adapters", required=True, help="comma-separated preset names, e.g. lora,moelora,teamlora")
+    # Not required=True: the adapters may come from a run file (`adapters:` or `grid: {adapter: [...]}`).
+    parser.add_argument("--adapters", help="comma-separated preset names, e.g. lora,moelora,teamlora")
     add_run_arguments(parser)
     _common.add_report_arguments(parser)
+    _common.add_file_and_tracker_arguments(parser)
+    parser.set_defaults(grid={})  # filled from a run file's `grid:`
 
 
 def main(args: argparse.Namespace) -> int:
-    from cme_bench import runner
+    from cme_bench import runfile, runner
     from cme_bench.adapters import preset_names
     from cme_bench.registry import suggest
 
-    names = [n.strip() for n in args.adapters.split(",") if n.strip()]
+    names = runfile.adapters_of(args.grid, [n.strip() for n in (args.adapters or "").split(",") if n.strip()])
     if not names:
-        raise CmeError("--adapters is empty")
-    cfg = config_from_args(args, adapter=names[0])
-    _common.preflight(replace(cfg, adapter="none"))
+        raise CmeError(
+            "no adapters to sweep: give --adapters a,b,c (or `adapters:` or `grid: {adapter: [...]}` in --config)"
+        )
+    base = config_from_args(args, adapter=names[0])
+    _common.preflight(replace(base, adapter="none"))
     # A misspelt name stops the sweep before it starts; a preset that exists but is invalid is one failed run.
     known = set(preset_names())
     for name in names:
         if name not in known and name != "none" and not Path(name).expanduser().is_file():
             raise CmeError(suggest(name, sorted(known), "adapter preset") + " (in --adapters)")
-    outcomes = runner.sweep(cfg, names, baseline=args.baseline)
+    points = runfile.points(base, args.grid)
+    if len(points) > 1:
+        print(f"grid: {len(points)} points x {len(names)} adapters = {len(points) * len(names)} runs")
+    outcomes, seeds = [], set()
+    with _common.trackers_of(args):
+        for point in points:
+            if args.baseline and point.seed not in seeds and len(points) > 1:
+                # The base model's row depends on the seed only: once per seed, without the grid point's tag.
+                outcomes += runner.sweep(replace(base, seed=point.seed), [], baseline=True)
+            seeds.add(point.seed)
+            outcomes += runner.sweep(point, names, baseline=args.baseline and len(points) == 1)
     print(f"{'adapter':<20} {'status':<10} run")
     for o in outcomes:
         print(f"{o['adapter']:<20} {o['status']:<10} {o['run_id']}" + (f"  ({o['error']})" if o.get("error") else ""))
     _common.refresh_report(args)
-    failed = [o["adapter"] for o in outcomes if o["status"] != "success"]
+    failed = [o["run_id"] for o in outcomes if o["status"] != "success"]
     if failed:
         print(f"{len(failed)} of {len(outcomes)} runs failed: {', '.join(failed)}")
     return 1 if failed else 0

@@ -13,6 +13,7 @@ HELP = "fine-tune an adapter on the CME mixture and save it (no evaluation); wor
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adapter", default="teamlora", help="adapter preset name or YAML path (default: teamlora)")
     add_run_arguments(parser, evaluate=False)
+    _common.add_file_and_tracker_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -21,6 +22,7 @@ def main(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     _common.preflight(cfg)
     _common.require_resumable(cfg, "train")
-    record = runner.train_only(cfg)
+    with _common.trackers_of(args):
+        record = runner.train_only(cfg)
     _common.print_outcome(record)
     return 0 if record["status"] == "success" else 1
