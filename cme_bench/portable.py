@@ -28,7 +28,7 @@ AUTHORS_PREFIX = "base_model.model."
 LAYOUTS = ("authors",)
 
 
-def export_authors(adapter_dir: str | Path, out: str | Path) -> Path:
+def export_authors(adapter_dir: str | Path, out: str | Path, *, overwrite: bool = False) -> Path:
     """Write the TeamLoRA adapter saved in ``adapter_dir`` (cme-bench's layout) to ``out`` in the authors' layout."""
     from safetensors.torch import load_file, save_file
 
@@ -85,7 +85,7 @@ def export_authors(adapter_dir: str | Path, out: str | Path) -> Path:
         save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt"})
         (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
 
-    return write_dir_atomic(Path(out), build)
+    return write_dir_atomic(Path(out), build, overwrite=overwrite)
 
 
 def _base_name(folder: Path) -> str | None:

@@ -180,6 +180,11 @@ def _nonempty_out(tmp: Path, assets: dict[str, Path]) -> None:
     _write(tmp / "out" / "keep.txt", "precious")
 
 
+def _nonempty_out_teamlora(tmp: Path, assets: dict[str, Path]) -> None:
+    _copy(assets["teamlora"], tmp / "ad")
+    _write(tmp / "out" / "keep.txt", "precious")
+
+
 def _results_out(tmp: Path, assets: dict[str, Path]) -> None:
     _copy(assets["lora"], tmp / "ad")
     _results_root(tmp, "out")
@@ -359,6 +364,13 @@ CASES = [
         ["adapters", "merge", "ad", "--model", "{model}", "--out", "out"],
         ["--out", "--overwrite"],
         _nonempty_out,
+        "destructive",
+    ),
+    Case(
+        "export-out-nonempty",
+        ["adapters", "export", "ad", "--layout", "authors", "--out", "out"],
+        ["--out", "--overwrite"],
+        _nonempty_out_teamlora,
         "destructive",
     ),
     Case(

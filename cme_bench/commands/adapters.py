@@ -42,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     export.add_argument(
         "--layout", required=True, choices=["authors"], help="authors: the TeamLoRA release's checkpoint layout"
     )
-    export.add_argument("--out", required=True, help="output folder")
+    export.add_argument("--out", required=True, help="output folder (a new or empty folder)")
+    export.add_argument("--overwrite", action="store_true", help="write into an existing non-empty --out (as merge)")
     convert = sub.add_parser(
         "convert",
         help="turn a pickled adapter_model.bin into adapter_model.safetensors (torch.load weights_only=True only)",
@@ -155,7 +156,7 @@ def _merge(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from cme_bench.portable import export_authors
 
-    out = export_authors(args.adapter_dir, args.out)
+    out = export_authors(args.adapter_dir, args.out, overwrite=args.overwrite)
     print(f"exported {args.adapter_dir} in the {args.layout} layout: {out}")
     return 0
 
