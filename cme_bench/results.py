@@ -343,15 +343,21 @@ def new_record(run_id: str, name: str, config: dict[str, Any]) -> dict[str, Any]
     }
 
 
-def kill_point(env: str, reached: int) -> None:
-    """Fault injection for the fault tests: signal this process once ``reached`` hits the number in ``env``.
+# The signal kill_point sends (a name such as USR2; default KILL). USR2 is what a SLURM time limit sends first.
+KILL_SIGNAL_ENV = "CME_BENCH_KILL_SIGNAL"
 
-    ``N`` sends SIGKILL (no ``finally`` or handler may tidy up, as in a real crash); ``N:INT`` sends SIGINT (a
-    Ctrl-C) and ``N:STOP`` SIGSTOP (a process that hangs while holding its run). Unset or 0: nothing happens.
+
+def kill_point(env: str, reached: int) -> None:
+    """Fault injection for the kill-and-resume tests: signal this process when ``reached`` equals ``env``'s number.
+
+    Unset or 0: nothing happens. The signal is SIGKILL unless ``CME_BENCH_KILL_SIGNAL`` names another: no ``finally``
+    or handler may tidy up, as in a real crash. It fires when ``reached`` equals the number, not beyond it, so a run
+    resumed from a checkpoint taken at that point goes on (a retried run on a cluster is not killed again).
     """
-    limit, _, name = os.environ.get(env, "0").partition(":")
-    if int(limit or 0) and reached >= int(limit):
-        os.kill(os.getpid(), getattr(signal, f"SIG{name or 'KILL'}"))
+    limit = int(os.environ.get(env, "0") or 0)
+    if limit and reached == limit:
+        name = os.environ.get(KILL_SIGNAL_ENV, "KILL").upper().removeprefix("SIG")
+        os.kill(os.getpid(), signal.Signals[f"SIG{name}"])
 
 
 def peak_memory_bytes() -> int:

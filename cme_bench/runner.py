@@ -414,12 +414,12 @@ def sweep(cfg: RunConfig, adapter_names: list[str], *, baseline: bool = True) ->
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # recorded in run.json by the stage's guard (or below); the sweep goes on
-            outcomes[name] = _record_failure(one, exc)
+            outcomes[name] = record_failure(one, exc)
     if not cfg.is_main_process():  # other ranks only help training
         return [outcomes.get(n) or _outcome(n, {**pending[n].record.data, "status": "success"}) for n in names]
     groups, unservable = backends.group_targets(backend, {n: s.target for n, s in pending.items()})
     for name, exc in unservable.items():
-        outcomes[name] = _record_failure(pending[name].cfg, exc)
+        outcomes[name] = record_failure(pending[name].cfg, exc)
     for members in groups:
         log.info("sweep: one evaluation session for %s", ", ".join(members))
         outcomes.update(_evaluate_group(backend, cfg, {n: pending[n] for n in members}))
@@ -434,7 +434,7 @@ def _evaluate_group(backend: EvalBackend, cfg: RunConfig, states: dict[str, RunS
     except KeyboardInterrupt:
         raise
     except Exception as exc:
-        return {name: _record_failure(s.cfg, exc) for name, s in states.items()}
+        return {name: record_failure(s.cfg, exc) for name, s in states.items()}
     with session:
         for name, state in states.items():
 
@@ -448,7 +448,7 @@ def _evaluate_group(backend: EvalBackend, cfg: RunConfig, states: dict[str, RunS
             except KeyboardInterrupt:
                 raise
             except Exception as exc:  # recorded in run.json by the guard
-                outcomes[name] = _record_failure(state.cfg, exc)
+                outcomes[name] = record_failure(state.cfg, exc)
     return outcomes
 
 
@@ -456,8 +456,11 @@ def _outcome(name: str, record: dict[str, Any]) -> dict[str, Any]:
     return {"adapter": name, "run_id": record["run_id"], "status": record["status"]}
 
 
-def _record_failure(one: RunConfig, exc: Exception) -> dict[str, Any]:
-    """Mark ``one``'s run failed, unless its own guard already did, and return the sweep outcome."""
+def record_failure(one: RunConfig, exc: BaseException) -> dict[str, Any]:
+    """Mark ``one``'s run failed, unless its own guard already did, and return the sweep outcome.
+
+    Public for the cluster launchers: a run whose worker died on every attempt is recorded here.
+    """
     log.error("sweep: %s failed: %s", one.adapter, exc)
     run_id = one.run_id()
     run_file = Path(one.output) / run_id / "run.json"

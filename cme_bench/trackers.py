@@ -214,6 +214,11 @@ _active: list[str] = []
 _running: dict[str, list[Tracker]] = {}  # run id -> its open tracker runs (a sweep trains all, then evaluates)
 
 
+def active() -> list[str]:
+    """The trackers ``use`` activated here (a cluster launcher hands them to its workers)."""
+    return list(_active)
+
+
 @contextmanager
 def use(names: list[str]) -> Iterator[None]:
     """Log every run started inside the block to ``names`` (checked first)."""

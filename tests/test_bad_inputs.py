@@ -685,7 +685,10 @@ def _fresh(good_results: Path, tmp_path: Path) -> tuple[Path, dict[str, str]]:
 
 def test_ctrl_c_during_a_forced_rerun_keeps_the_good_record(good_results, tmp_path: Path):
     out, before = _fresh(good_results, tmp_path)
-    proc = _cli([*EVAL_ARGS, "--output", str(out), "--force"], env={"CME_BENCH_KILL_AFTER_TASK": "1:INT"})
+    proc = _cli(
+        [*EVAL_ARGS, "--output", str(out), "--force"],
+        env={"CME_BENCH_KILL_AFTER_TASK": "1", "CME_BENCH_KILL_SIGNAL": "INT"},
+    )
     assert proc.returncode == 130, proc.stderr[-2000:]
     assert "previous record" in proc.stderr and "unchanged" in proc.stderr
     assert _digests(out) == before
@@ -718,7 +721,11 @@ def test_write_failure_during_a_forced_rerun_keeps_the_good_record(good_results,
 
 def test_second_writer_on_one_run_stops_and_a_crashed_holder_is_recovered(tmp_path: Path, capsys):
     out = tmp_path / "results"
-    first = _cli([*EVAL_ARGS, "--output", str(out)], env={"CME_BENCH_KILL_AFTER_TASK": "1:STOP"}, wait=False)
+    first = _cli(
+        [*EVAL_ARGS, "--output", str(out)],
+        env={"CME_BENCH_KILL_AFTER_TASK": "1", "CME_BENCH_KILL_SIGNAL": "STOP"},
+        wait=False,
+    )
     try:
         deadline = time.monotonic() + 240
         while not list(out.glob("*/samples/*.jsonl")):  # bounded: the first writer stops itself after one task

@@ -1,7 +1,8 @@
 """`cme-bench sweep`: several adapters in turn with identical data, seed and budget; failures don't stop it.
 
 With a run file (``--config``), ``grid:`` adds axes (seeds, learning rates, any run setting): the sweep runs every
-adapter at every grid point (``runfile.expand``).
+adapter at every grid point (``runfile.expand``). ``--launcher`` says where the runs execute (cme_bench/launchers/):
+one after another here (local, the default), as Ray tasks, or as one SLURM job array; all end with the same table.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
+from cme_bench import launchers
 from cme_bench.commands import _common
 from cme_bench.config import add_run_arguments, config_from_args
 from cme_bench.errors import CmeError
@@ -23,11 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_arguments(parser)
     _common.add_report_arguments(parser)
     _common.add_file_and_tracker_arguments(parser)
+    launchers.add_arguments(parser)
     parser.set_defaults(grid={})  # filled from a run file's `grid:`
 
 
 def main(args: argparse.Namespace) -> int:
-    from cme_bench import runfile, runner
+    from cme_bench import runfile
     from cme_bench.adapters import preset_names
     from cme_bench.registry import suggest
 
@@ -36,6 +39,8 @@ def main(args: argparse.Namespace) -> int:
         raise CmeError(
             "no adapters to sweep: give --adapters a,b,c (or `adapters:` or `grid: {adapter: [...]}` in --config)"
         )
+    launcher, opts = launchers.get(args.launcher), launchers.options_from_args(args)
+    launcher.check(opts)  # before any work: a missing extra, a misplaced option
     base = config_from_args(args, adapter=names[0])
     _common.preflight(replace(base, adapter="none"))
     # A misspelt name stops the sweep before it starts; a preset that exists but is invalid is one failed run.
@@ -46,14 +51,18 @@ def main(args: argparse.Namespace) -> int:
     points = runfile.points(base, args.grid)
     if len(points) > 1:
         print(f"grid: {len(points)} points x {len(names)} adapters = {len(points) * len(names)} runs")
-    outcomes, seeds = [], set()
+    groups: list[launchers.Group] = []
+    seeds: set[int] = set()
+    for point in points:
+        if args.baseline and point.seed not in seeds and len(points) > 1:
+            # The base model's row depends on the seed only: once per seed, without the grid point's tag.
+            groups.append((replace(base, seed=point.seed), [], True))
+        seeds.add(point.seed)
+        groups.append((point, names, args.baseline and len(points) == 1))
     with _common.trackers_of(args):
-        for point in points:
-            if args.baseline and point.seed not in seeds and len(points) > 1:
-                # The base model's row depends on the seed only: once per seed, without the grid point's tag.
-                outcomes += runner.sweep(replace(base, seed=point.seed), [], baseline=True)
-            seeds.add(point.seed)
-            outcomes += runner.sweep(point, names, baseline=args.baseline and len(points) == 1)
+        outcomes = launcher.launch(groups, opts, print)
+    if outcomes is None:  # submitted only (--no-wait): `cme-bench report` collects the records later
+        return 0
     print(f"{'adapter':<20} {'status':<10} run")
     for o in outcomes:
         print(f"{o['adapter']:<20} {o['status']:<10} {o['run_id']}" + (f"  ({o['error']})" if o.get("error") else ""))
