@@ -61,7 +61,9 @@ def make_adapters(model_dir: Path, out: Path, methods: list[str]) -> dict[str, P
     return made
 
 
-def hf_throughput(model_dir: Path, adapter: Path | None, texts: list[str], max_tokens: int, dtype) -> dict[str, Any]:
+def hf_throughput(
+    model_dir: Path, adapter: Path | None, texts: list[str], max_tokens: int, dtype, device: str = "cpu"
+) -> dict[str, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -71,15 +73,15 @@ def hf_throughput(model_dir: Path, adapter: Path | None, texts: list[str], max_t
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, device_map=device)
     if adapter is not None:
         model = load_adapter(model, adapter)
     model.eval()
-    batch = tok(texts, return_tensors="pt", padding=True)
+    batch = tok(texts, return_tensors="pt", padding=True).to(device)
     kwargs = dict(max_new_tokens=max_tokens, min_new_tokens=max_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
     with torch.inference_mode():
         model.generate(
-            **tok(texts[:2], return_tensors="pt", padding=True),
+            **tok(texts[:2], return_tensors="pt", padding=True).to(device),
             max_new_tokens=4,
             do_sample=False,
             pad_token_id=tok.pad_token_id,
@@ -122,6 +124,7 @@ def main() -> None:
         help="comma-separated; 'lora-merged' = the lora adapter served merged into the base (lora_serving='merged')",
     )
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--device", default="auto", help="where HF generates: auto | cpu | cuda | cuda:N")
     parser.add_argument("--compile", action="store_true", help="let vLLM use torch.compile (slower start-up)")
     parser.add_argument("--out", type=Path, default=None, help="write the JSON record here")
     args = parser.parse_args()
@@ -132,6 +135,9 @@ def main() -> None:
     from cme_bench.vllm_backend.backend import model_folder
 
     vllm_backend.require_vllm()
+    from cme_bench.devices import resolve_device
+
+    device = resolve_device(args.device)
     model_dir = model_folder(args.model)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     texts = prompts(args.batch)
@@ -148,7 +154,7 @@ def main() -> None:
             plans[m] = vllm_backend.plan(model_dir, adapters.get(m), lora_serving=serving)
         # HF first: an in-process vLLM engine changes process-wide CPU settings (threads, memory binding).
         for m in methods:
-            rows[m] = {"hf": hf_throughput(model_dir, adapters.get(m), texts, args.max_tokens, dtype)}
+            rows[m] = {"hf": hf_throughput(model_dir, adapters.get(m), texts, args.max_tokens, dtype, device)}
             print(f"HF {m}: {rows[m]['hf']['tokens_per_s']:.1f} tok/s", flush=True)
         # One engine per row, so each is measured alone (the base engine of a sweep would also carry the LoRA
         # machinery, which turns torch.compile off on CPU).
@@ -182,6 +188,7 @@ def main() -> None:
         "batch": args.batch,
         "max_tokens": args.max_tokens,
         "dtype": args.dtype,
+        "device": device,
         "compile": args.compile,
         "cpus": os.cpu_count(),
         "machine": platform.machine(),

@@ -34,6 +34,8 @@ class EvalTarget:
     trust_remote_code: bool = False
     model: Any = None
     tokenizer: Any = None
+    device: str = "cpu"  # where a backend that loads the model puts it, in ``dtype`` (resolved: cme_bench.devices)
+    dtype: str = "fp32"
 
 
 class EvalSession(Protocol):

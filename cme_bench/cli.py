@@ -18,10 +18,10 @@ import os
 import sys
 from collections.abc import Sequence
 
-from cme_bench import __version__
+from cme_bench import __version__, perf_env
 from cme_bench.errors import CmeError
 
-VERBS = ("run", "train", "eval", "sweep", "report", "tasks", "adapters", "profile")
+VERBS = ("run", "train", "eval", "sweep", "report", "tasks", "adapters", "profile", "plan")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,6 +54,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    perf_env.apply()  # before any verb imports torch: OpenMP reads its settings once, at start-up
     try:
         args = parse_args(argv)
     except CmeError as err:  # a bad run file: one readable message, like any other user error

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from cme_bench import devices
 from cme_bench.backends import BACKENDS, DEFAULT_BACKEND
 from cme_bench.errors import ConfigError
 from cme_bench.registry import suggest
@@ -76,7 +77,9 @@ class TrainConfig:
     tokens_per_batch: int = setting(
         0, "cut each step's examples into micro-batches of at most N tokens (0: by --batch-size)", group="training"
     )
-    mixed_precision: str = setting("auto", "auto (bf16 on a bf16-capable GPU, else fp32) | no | bf16")
+    mixed_precision: str = setting(
+        "auto", "auto (autocast in the base model's dtype on a GPU, none on the CPU) | no | bf16 | fp16"
+    )
     seed: int = setting(0, "data order, dropout and initialisation seed")
 
     def __post_init__(self) -> None:
@@ -98,8 +101,8 @@ class TrainConfig:
             problems.append(f"--epochs must be > 0 when --max-steps is 0, got {self.epochs!r}")
         if not 0 <= self.warmup_ratio < 1:
             problems.append(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
-        if self.mixed_precision not in ("auto", "no", "bf16"):
-            problems.append(f"mixed_precision must be auto, no or bf16, got {self.mixed_precision!r}")
+        if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
+            problems.append(f"mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
         return problems
 
 
@@ -138,6 +141,9 @@ class RunConfig(TrainConfig):
     include_path: list[str] = field(default_factory=list)
     output: str = "results"
     trust_remote_code: bool = False
+    # where and in which precision (cme_bench.devices; the runner stores the resolved values, e.g. cuda:0 / bf16)
+    device: str = "auto"
+    dtype: str = "auto"
     # training data and bookkeeping (the optimisation settings are TrainConfig's)
     train_cap: int = setting(200, "training examples per task (0: all)", group="training")
     mix: str = setting("size", "mixing: size | temperature (fixed proportions: `tasks export`)", group="training")
@@ -171,6 +177,7 @@ class RunConfig(TrainConfig):
             problems.append(f"--limit must be >= 0 (0 = every test document), got {self.limit!r}")
         if self.backend not in BACKENDS:
             problems.append(f"--backend: {suggest(self.backend, BACKENDS.names(), 'evaluation backend')}")
+        problems += devices.check_names(self.device, self.dtype)
         if self.mix not in ("size", "temperature"):
             problems.append(f"--mix must be size or temperature, got {self.mix!r}")
         if not self.temperature > 0:
@@ -212,6 +219,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, train: bool = True, ev
     parser.add_argument(
         "--trust-remote-code", action="store_true", help="allow a model folder's own Python code (off by default)"
     )
+    parser.add_argument("--device", default=d.device, help=devices.DEVICE_HELP)
+    parser.add_argument("--dtype", default=d.dtype, help=devices.DTYPE_HELP)
     parser.add_argument("--tag", help="suffix for the run id, to keep variants of one setting apart")
     parser.add_argument("--force", action="store_true", help="rerun even if a finished run record exists")
     if train:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 from cme_bench.backends import EvalTarget
+from cme_bench.distributed import doc_key, run_sharded
 
 
 def _progress_lm(model: Any, tokenizer: Any, batch_size: int):
@@ -21,17 +22,25 @@ def _progress_lm(model: Any, tokenizer: Any, batch_size: int):
     class ProgressHFLM(HFLM):
         on_phase: Callable[[str], None] = staticmethod(lambda phase: None)
 
+        # Under torchrun, inside distributed.sharded(), each rank answers its shard of the documents and receives
+        # everyone's answers; otherwise run_sharded is a plain call.
         def generate_until(self, requests, disable_tqdm: bool = False):
             self.on_phase(f"generating {len(requests)}")
-            out = super().generate_until(requests, disable_tqdm=disable_tqdm)
+            compute = lambda part: super(ProgressHFLM, self).generate_until(part, disable_tqdm)  # noqa: E731
+            out = run_sharded(requests, doc_key, compute)
             self.on_phase("scoring")
             return out
 
         def loglikelihood(self, requests, disable_tqdm: bool = False):
             self.on_phase(f"scoring {len(requests)} continuations")
-            out = super().loglikelihood(requests, disable_tqdm=disable_tqdm)
+            compute = lambda part: super(ProgressHFLM, self).loglikelihood(part, disable_tqdm)  # noqa: E731
+            out = run_sharded(requests, doc_key, compute)
             self.on_phase("scoring")
             return out
+
+        def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+            compute = lambda part: super(ProgressHFLM, self).loglikelihood_rolling(part, disable_tqdm)  # noqa: E731
+            return run_sharded(requests, doc_key, compute)
 
     return ProgressHFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(model.device))
 
@@ -46,9 +55,15 @@ class HFSession:
         model, tokenizer = target.model, target.tokenizer
         if model is None:
             from cme_bench import adapters
+            from cme_bench.devices import torch_dtype
             from cme_bench.models import load_model
 
-            loaded = load_model(target.model_spec, trust_remote_code=target.trust_remote_code)
+            loaded = load_model(
+                target.model_spec,
+                device=target.device,
+                dtype=torch_dtype(target.dtype),
+                trust_remote_code=target.trust_remote_code,
+            )
             model, tokenizer = loaded.model, loaded.tokenizer
             if target.adapter_dir is not None:
                 model = adapters.load_adapter(model, target.adapter_dir)
@@ -66,6 +81,8 @@ class HFSession:
 
 class HFBackend:
     """lm-eval and transformers are part of the main environment: nothing to check."""
+
+    shards_documents = True  # under torchrun every process evaluates its shard (cme_bench.distributed)
 
     def check(self) -> None:
         return None

@@ -36,6 +36,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from cme_bench import devices
 from cme_bench.errors import CmeError, loading
 from cme_bench.paths import cache_dir
 from cme_bench.registry import suggest
@@ -57,7 +58,7 @@ class LoadedModel:
     tokenizer: PreTrainedTokenizerBase
     spec: str
     name: str
-    source: str  # "folder" | "gguf" | "builtin" | "hub"
+    source: str  # "folder" | "gguf" | "builtin" | "hub" | "random"
     path: Path | None
     fingerprint: str
 
@@ -155,7 +156,9 @@ def _has_safetensors(path: Path) -> bool:
     return any(path.glob("*.safetensors"))
 
 
-def _load_folder(path: Path, dtype: torch.dtype, trust_remote_code: bool) -> tuple[PreTrainedModel, Any]:
+def _load_folder(
+    path: Path, dtype: torch.dtype, trust_remote_code: bool, device: str = "cpu"
+) -> tuple[PreTrainedModel, Any]:
     if not _has_safetensors(path):
         pickled = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt"))
         detail = f" (found only pickle weights: {', '.join(pickled)})" if pickled else ""
@@ -163,9 +166,11 @@ def _load_folder(path: Path, dtype: torch.dtype, trust_remote_code: bool) -> tup
             f"{path} has no *.safetensors weights{detail}; cme-bench loads weights with safetensors only. "
             "Convert them once with transformers' save_pretrained(safe_serialization=True)."
         )
+    # device_map: the weights are read from safetensors straight onto the device, in ``dtype`` (no host-side copy of
+    # the whole model, and no fp32 detour: a 7B base in bf16 needs 14 GB of GPU memory, not 28 GB of RAM first).
     with loading(path, "model folder", "check its config.json, *.safetensors and tokenizer files"):
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
+            path, dtype=dtype, device_map=device, use_safetensors=True, trust_remote_code=trust_remote_code
         )
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     return model, tokenizer
@@ -263,10 +268,8 @@ def _finish(model: PreTrainedModel, tokenizer: Any, device: str) -> tuple[PreTra
 
 
 def default_dtype(device: str) -> torch.dtype:
-    """bf16 on a CUDA device that supports it, fp32 otherwise (CPU bf16 matmuls are slow and lossy here)."""
-    if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
+    """``--dtype auto`` on ``device`` (``devices.resolve_dtype``): bf16 on a bf16-capable GPU, fp32 on the CPU."""
+    return devices.torch_dtype(devices.resolve_dtype("auto", device))
 
 
 def load_model(
@@ -285,7 +288,7 @@ def load_model(
     path = Path(spec).expanduser()
 
     if _is_hf_folder(path):
-        model, tok = _load_folder(path, dtype, trust_remote_code)
+        model, tok = _load_folder(path, dtype, trust_remote_code, device)
         return _loaded(model, tok, spec, path.resolve().name, "folder", path.resolve(), device)
 
     if path.is_file() and path.suffix.lower() == ".gguf":
@@ -298,7 +301,7 @@ def load_model(
         return _loaded(model, tok, spec, spec, "builtin", None, device)
     if spec == "smollm2-135m":
         folder = _smollm2_folder()
-        model, tok = _load_folder(folder, dtype, False)
+        model, tok = _load_folder(folder, dtype, False, device)
         return _loaded(model, tok, spec, spec, "builtin", folder, device)
 
     if spec.startswith(HUB_PREFIX):
@@ -306,7 +309,7 @@ def load_model(
         log.info("downloading %s from the Hugging Face hub (asked for with %s)", hub_id, HUB_PREFIX)
         with loading(spec, "hub model", _hub_hint()):
             model = AutoModelForCausalLM.from_pretrained(
-                hub_id, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
+                hub_id, dtype=dtype, device_map=device, use_safetensors=True, trust_remote_code=trust_remote_code
             )
             tok = AutoTokenizer.from_pretrained(hub_id, trust_remote_code=trust_remote_code)
         return _loaded(model, tok, spec, hub_id.split("/")[-1], "hub", None, device)
@@ -409,3 +412,18 @@ def build_on_meta(config: PretrainedConfig) -> PreTrainedModel:
     """The model for ``config`` with no weights allocated (seconds, even for 7B shapes)."""
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config)
+
+
+def random_model(spec: str, *, dtype: torch.dtype, device: str) -> LoadedModel:
+    """The model of ``spec``'s config (a config.json is enough) with random weights, built straight on ``device``.
+
+    For cost measurements only (``profile --random-weights``): time and memory depend on shapes, not values, so a
+    7B shape can be profiled without its 13 GB of weights. The byte tokenizer stands in for the real one.
+    """
+    config = load_config(spec)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    tokenizer = build_byte_tokenizer()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    name = Path(spec).parent.name if spec.endswith("config.json") else Path(spec).name
+    return _loaded(model, tokenizer, spec, f"{name}-random", "random", None, device)

@@ -431,7 +431,13 @@ def run_profile(
     for i, v in enumerate(variants):
         if settings.memory:
             log.info("peak memory of %s in a child process (%d of %d)", v.label, i + 1, len(variants))
-        peak = measure_peak_memory(loaded.spec, v, settings, str(device)) if settings.memory else None
+        dtype = next(model.parameters()).dtype
+        random_weights = loaded.source == "random"
+        peak = (
+            measure_peak_memory(loaded.spec, v, settings, str(device), dtype, random_weights)
+            if settings.memory
+            else None
+        )
         figures = _inference_figures([r[0] for r in infer[v.label]], [r[1] for r in infer[v.label]])
         rows.append(_row(loaded.name, v, settings, train[v.label], figures, peak, *counts[v.label]))
     ratios = ratio_table(rows, rank)
@@ -602,9 +608,21 @@ def add_vllm_figures(doc: dict[str, Any], figures: dict[str, dict[str, Any] | No
 # Peak memory in a child process
 
 
-def measure_peak_memory(spec: str, variant: Variant | None, settings: ProfileSettings, device: str) -> int | None:
-    """Peak memory (bytes) of a fresh process that loads ``spec``, applies ``variant`` and trains + generates."""
+def measure_peak_memory(
+    spec: str,
+    variant: Variant | None,
+    settings: ProfileSettings,
+    device: str,
+    dtype: torch.dtype = torch.float32,
+    random_weights: bool = False,
+) -> int | None:
+    """Peak memory (bytes) of a fresh process that loads ``spec`` in ``dtype``, applies ``variant``, trains and
+    generates."""
+    from cme_bench.devices import dtype_name
+
     job = {"spec": spec, "variant": dataclasses.asdict(variant) if variant else None, "device": device}
+    job["dtype"] = dtype_name(dtype)
+    job["random"] = random_weights
     job["settings"] = dataclasses.asdict(settings) | {"threads": torch.get_num_threads()}
     with tempfile.TemporaryDirectory(prefix="cme-profile-") as tmp:
         out = Path(tmp) / "peak.json"
@@ -618,12 +636,14 @@ def measure_peak_memory(spec: str, variant: Variant | None, settings: ProfileSet
 
 def _child_main(job_json: str, out_path: str) -> int:
     """Child process body: one variant, warm-up + one timed step and one generation, then report the peak."""
-    from cme_bench.models import load_model
+    from cme_bench.devices import torch_dtype
+    from cme_bench.models import load_model, random_model
 
     job = json.loads(job_json)
     settings = ProfileSettings(**{k: v for k, v in job["settings"].items() if k != "threads"})
     torch.set_num_threads(int(job["settings"]["threads"]))
-    loaded = load_model(job["spec"], device=job["device"])
+    load = random_model if job.get("random") else load_model
+    loaded = load(job["spec"], device=job["device"], dtype=torch_dtype(job["dtype"]))
     model = loaded.model
     if job["variant"] is not None:
         model = apply_variant(model, Variant(**job["variant"]), seed=settings.seed)

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from cme_bench import adapters, backends, modelcard, results, runlock, taskreg, trackers
+from cme_bench import adapters, backends, devices, distributed, modelcard, results, runlock, taskreg, trackers
 from cme_bench.backends import EvalBackend, EvalSession, EvalTarget
 from cme_bench.config import NO_ADAPTER, RunConfig
 from cme_bench.errors import CmeError
@@ -83,7 +83,9 @@ class RunState:
     @property
     def target(self) -> EvalTarget:
         cfg = self.cfg
-        return EvalTarget(cfg.model, self.adapter_dir, cfg.trust_remote_code, self.model, self.tokenizer)
+        return EvalTarget(
+            cfg.model, self.adapter_dir, cfg.trust_remote_code, self.model, self.tokenizer, cfg.device, cfg.dtype
+        )
 
 
 def _open_record(cfg: RunConfig, run_id: str, name: str) -> RunLog:
@@ -92,6 +94,7 @@ def _open_record(cfg: RunConfig, run_id: str, name: str) -> RunLog:
     existing = results.read_run(attempt.final) if cfg.resume and not attempt.staged else None
     data = existing or results.new_record(run_id, name, cfg.to_dict())
     data.update(status="running", error=None, config=cfg.to_dict(), attempt=attempt.id)
+    data["environment"].setdefault("hardware", {}).update(devices.describe(cfg.device, cfg.dtype))
     record = RunLog(attempt.dir, data, enabled=cfg.is_main_process())
     record.attempt = attempt
     with runlock.closing(record, keep=True):
@@ -124,10 +127,31 @@ def _finished(cfg: RunConfig, run_id: str) -> dict[str, Any] | None:
 def _load_base(cfg: RunConfig, record: RunLog) -> tuple[LoadedModel, dict[str, Any]]:
     """Load the base model (seeded) and describe it in the record."""
     _seed_everything(cfg.seed)
-    loaded = load_model(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    loaded = _load_model(cfg)
     base_info = architecture_info(loaded.model)
-    record.update(model={"spec": loaded.spec, "name": loaded.name, "source": loaded.source, **base_info})
+    weights = next(loaded.model.parameters())  # where and how the base really sits, not just what was asked
+    placed = {"device": str(weights.device), "dtype": devices.dtype_name(weights.dtype)}
+    record.update(model={"spec": loaded.spec, "name": loaded.name, "source": loaded.source, **base_info, **placed})
     return loaded, base_info
+
+
+def _load_model(cfg: RunConfig) -> LoadedModel:
+    """The base model, straight onto ``cfg.device`` in ``cfg.dtype`` (both resolved by ``_resolved``)."""
+    return load_model(
+        cfg.model, dtype=devices.torch_dtype(cfg.dtype), device=cfg.device, trust_remote_code=cfg.trust_remote_code
+    )
+
+
+def _resolved(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with a concrete device and dtype for this machine (``auto`` resolved); a missing device fails here."""
+    device, dtype = devices.resolve(cfg.device, cfg.dtype)
+    return replace(cfg, device=device, dtype=dtype)
+
+
+def _shards(backend: EvalBackend) -> bool:
+    """Whether every process takes part in evaluating (its shard of the documents): backends that evaluate the
+    in-memory model can (``shards_documents``); the others evaluate on the main process alone."""
+    return bool(getattr(backend, "shards_documents", False)) and distributed.world_size() > 1
 
 
 def _adapter_summary(model: torch.nn.Module, **extra: Any) -> dict[str, Any]:
@@ -270,6 +294,12 @@ def train_and_save(state: RunState) -> None:
     trained = train_stage(state)
     if state.cfg.is_main_process():
         save_stage(state, trained)
+    else:  # the other processes keep the model: they evaluate their shard of the documents (cme_bench.distributed)
+        state.adapter_dir, state.model, state.tokenizer = (
+            state.record.dir / "adapter",
+            trained.model,
+            trained.tokenizer,
+        )
 
 
 def load_stage(state: RunState, adapter_path: Path | None) -> None:
@@ -303,6 +333,7 @@ def evaluate_stage(state: RunState, session: EvalSession) -> None:
         "backend": cfg.backend,
         "batch_size": cfg.eval_batch_size,
         "limit": cfg.limit,
+        "processes": distributed.processes(),  # that shared the documents
         "seconds": round(time.perf_counter() - t0, 3),
         "lm_eval": {k: lm.get(k) for k in ("results", "versions", "n-samples", "higher_is_better", "configs")},
         **session.describe(target),
@@ -312,10 +343,14 @@ def evaluate_stage(state: RunState, session: EvalSession) -> None:
 
 
 def _evaluate_alone(state: RunState, backend: EvalBackend) -> None:
-    """The evaluate stage on a session of the run's own."""
+    """The evaluate stage on a session of the run's own; under torchrun every process evaluates its shard of the
+    documents when the backend can (``_shards``), else the main process evaluates alone."""
     cfg = state.cfg
-    with backend.open([state.target], seed=cfg.seed, batch_size=cfg.eval_batch_size) as session:
-        evaluate_stage(state, session)
+    shards = _shards(backend)
+    if not (shards or cfg.is_main_process()):
+        return
+    with distributed.sharded(shards), backend.open([state.target], seed=cfg.seed, batch_size=cfg.eval_batch_size) as s:
+        evaluate_stage(state, s)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -328,6 +363,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     With ``cfg.resume``, a run whose adapter was already trained and saved (the record has ``training`` and
     ``adapter/`` exists: it was interrupted during evaluation) is not trained again, only evaluated.
     """
+    cfg = _resolved(cfg)
     if cfg.adapter == NO_ADAPTER:
         return evaluate_base_or_adapter(cfg, adapter_path=None)
     backend = _backend(cfg)
@@ -338,14 +374,14 @@ def run(cfg: RunConfig) -> dict[str, Any]:
 
     def body() -> None:
         train_and_save(state)
-        if cfg.is_main_process():
-            _evaluate_alone(state, backend)
+        _evaluate_alone(state, backend)
 
     return _guarded(state.record, body)
 
 
 def train_only(cfg: RunConfig) -> dict[str, Any]:
     """Fine-tune and save ``cfg.adapter`` without evaluating it (run id suffix ``train``)."""
+    cfg = _resolved(cfg)
     run_id = cfg.run_id("train")
     if (done := _finished(cfg, run_id)) is not None:
         return done
@@ -373,7 +409,7 @@ def _eval_only_config(cfg: RunConfig, adapter_path: Path | None) -> tuple[RunCon
 def evaluate_base_or_adapter(cfg: RunConfig, adapter_path: Path | None) -> dict[str, Any]:
     """Evaluate the base model (``adapter_path`` None) or a saved adapter (ours or PEFT's) on the suite."""
     backend = _backend(cfg)
-    cfg, run_id, name = _eval_only_config(cfg, adapter_path)
+    cfg, run_id, name = _eval_only_config(_resolved(cfg), adapter_path)
     if (done := _finished(cfg, run_id)) is not None:
         return done
     state = prepare(cfg, run_id, name)
@@ -392,6 +428,7 @@ def sweep(cfg: RunConfig, adapter_names: list[str], *, baseline: bool = True) ->
     the backend (``EvalBackend.group_key``: e.g. the base model and every LoRA-family adapter on one vLLM engine).
     """
     backend = _backend(cfg)
+    cfg = _resolved(cfg)  # a missing device fails the sweep once, not every run in it
     names = ([NO_ADAPTER] if baseline else []) + adapter_names
     outcomes: dict[str, dict[str, Any]] = {}
     pending: dict[str, RunState] = {}  # runs left to evaluate

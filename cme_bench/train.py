@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from cme_bench import adapters
+from cme_bench import adapters, devices
 from cme_bench.config import TrainConfig
 from cme_bench.errors import CmeError
 from cme_bench.results import kill_point, peak_memory_bytes
@@ -104,19 +104,23 @@ def collate(examples: list[dict[str, list[int]]], pad_id: int) -> dict[str, torc
 
 
 def pack_rows(lengths: list[int], width: int) -> list[list[int]]:
-    """First-fit decreasing: indices into ``lengths`` grouped into rows of at most ``width`` tokens (order kept
-    inside a row). A longer example gets a row of its own."""
-    rows: list[list[int]] = []
-    free: list[int] = []
+    """Indices into ``lengths`` grouped into as few rows of at most ``width`` tokens as their total needs, balanced.
+
+    Longest first, each example goes to the currently shortest row (a new row when even that one has no room), so
+    the rows end up of similar length and padding them to the longest wastes little: first-fit would fill the first
+    rows and leave a short last one. Order is kept inside a row.
+    """
+    rows: list[list[int]] = [[] for _ in range(max(1, math.ceil(sum(lengths) / width)))]
+    used = [0] * len(rows)
     for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
-        slot = next((r for r, room in enumerate(free) if lengths[i] <= room), None)
-        if slot is None:
-            rows.append([i])
-            free.append(width - lengths[i])
-        else:
-            rows[slot].append(i)
-            free[slot] -= lengths[i]
-    return [sorted(r) for r in rows]
+        r = min(range(len(rows)), key=used.__getitem__)
+        if used[r] and used[r] + lengths[i] > width:
+            rows.append([])
+            used.append(0)
+            r = len(rows) - 1
+        rows[r].append(i)
+        used[r] += lengths[i]
+    return [sorted(row) for row in rows if row]
 
 
 def collate_packed(examples: list[dict[str, list[int]]], pad_id: int, width: int) -> dict[str, torch.Tensor]:
@@ -299,10 +303,13 @@ def step_metrics(
     return metrics
 
 
-def _mixed_precision(cfg: TrainConfig) -> str:
+def _mixed_precision(cfg: TrainConfig, model: torch.nn.Module) -> str:
+    """``auto``: autocast in the frozen base's dtype on a GPU, none on the CPU (``devices.mixed_precision``)."""
     if cfg.mixed_precision != "auto":
         return cfg.mixed_precision
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    frozen = next((p for p in model.parameters() if not p.requires_grad), None)
+    param = frozen if frozen is not None else next(model.parameters())
+    return devices.mixed_precision(str(param.device), param.dtype)
 
 
 def train(
@@ -330,7 +337,10 @@ def train(
     # Routed adapters with top-k routing leave some experts without gradient in a step; DDP must tolerate that.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
     # Accumulation is ours (``_step``): the loss is normalised by the step's target tokens, not by a micro-batch count.
-    acc = Accelerator(mixed_precision=_mixed_precision(cfg), kwargs_handlers=[ddp], cpu=not torch.cuda.is_available())
+    where = next(model.parameters()).device  # where the runner loaded the model (--device)
+    if where.type == "cuda" and where.index is not None:
+        torch.cuda.set_device(where)  # a single process's accelerate places the model on the *current* GPU
+    acc = Accelerator(mixed_precision=_mixed_precision(cfg, model), kwargs_handlers=[ddp], cpu=where.type == "cpu")
     rank, world = acc.process_index, acc.num_processes
     examples = tokenize_pairs(records, tokenizer, cfg.max_seq_len)
     steps = total_steps(len(examples), cfg, world)

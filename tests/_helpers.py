@@ -1,9 +1,10 @@
-"""Helpers shared by the adapter-layer test modules (``test_tuners``, ``test_teamlora``): imported as a plain module,
+"""Helpers shared by test modules (adapter layers, multi-process launches): imported as a plain module,
 like ``tests/vllm/vllm_helpers.py``, because pytest puts this folder on ``sys.path``."""
 
 from __future__ import annotations
 
 import copy
+import socket
 
 import torch
 from torch import nn
@@ -28,3 +29,10 @@ def assert_forward_paths_agree(
     other.fused = not layer.fused
     x = torch.randn(*x_shape, dtype=dtype)
     torch.testing.assert_close(layer(x), other(x), rtol=0, atol=atol)
+
+
+def free_port() -> int:
+    """A TCP port on the loopback address that nothing listens on now (for torchrun's rendezvous)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -79,7 +79,8 @@ def test_pack_rows_places_every_example_once_within_the_width():
     rows = pack_rows(lengths, 64)
     assert sorted(i for row in rows for i in row) == list(range(len(lengths)))
     assert all(sum(lengths[i] for i in row) <= 64 for row in rows)
-    assert len(rows) == 4  # 64 | 60 | 50+10 (or +5) | 30+20+... : first-fit decreasing
+    assert len(rows) == 4  # ceil(239 / 64) rows, balanced: 64 | 60 | 50+5 | 30+20+10
+    assert sorted(sum(lengths[i] for i in row) for row in rows) == [55, 60, 60, 64]
 
 
 def test_packed_layout_restarts_positions_and_masks_each_first_label(examples, tiny_llama):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _helpers import free_port
 from safetensors.torch import load_file
 
 from cme_bench import results
@@ -216,7 +217,8 @@ def test_eval_refuses_a_folder_that_is_not_an_adapter(tmp_path: Path, capsys):
 def test_two_processes_train_one_adapter(tmp_path: Path):
     """torchrun with 2 CPU processes (gloo): both ranks finish and hold the same adapter."""
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
          "-m", "cme_bench.cli", "train", *TRAIN, "--adapter", "teamlora", "--max-steps", "3",
          "--output", str(tmp_path)],
         capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},

@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from cme_bench import runfile
+from cme_bench import devices, runfile
 from cme_bench.errors import CmeError
 
 HELP = "efficiency benchmark: training step, prefill/decode latency, peak memory and parameters per adapter"
@@ -50,7 +50,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--infer-repeats", type=int, default=3, help="timed generations per variant (default 3)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds before timing (default 1)")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-variant peak-memory child processes")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--device", default="auto", help=devices.DEVICE_HELP)
+    parser.add_argument("--dtype", default="auto", help=devices.DTYPE_HELP)
+    parser.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="build --model from its config alone (a config.json is enough) with random weights: costs depend on "
+        "shapes only, e.g. --model benchmarks/configs/llama-2-7b/config.json",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -66,7 +73,7 @@ def main(args: argparse.Namespace) -> int:
     import torch
 
     from cme_bench import profile
-    from cme_bench.models import load_model
+    from cme_bench.models import load_model, random_model
     from cme_bench.results import check_output_file, write_json_atomic
 
     _check(args)
@@ -78,7 +85,7 @@ def main(args: argparse.Namespace) -> int:
         require_vllm()  # before any measuring: fail fast with the install command
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device, dtype = devices.resolve(args.device, args.dtype)  # a missing device is a CmeError, before any work
     settings = profile.ProfileSettings(
         batch=args.batch,
         seq_len=args.seq_len,
@@ -92,7 +99,8 @@ def main(args: argparse.Namespace) -> int:
     )
     variants = profile.plan_variants(args.adapters, args.experts, args.rank, args.forms)
     logging.getLogger(__name__).info("profiling %s", ", ".join(v.label for v in variants))
-    loaded = load_model(args.model, device=device)
+    load = random_model if args.random_weights else load_model
+    loaded = load(args.model, device=device, dtype=devices.torch_dtype(dtype))
     doc = profile.run_profile(loaded, variants, settings, rank=args.rank)
     if args.vllm:
         from cme_bench.vllm_backend.timing import time_variants
