@@ -578,14 +578,18 @@ def _evaluate_group(backend: EvalBackend, cfg: RunConfig, states: dict[str, RunS
 
 
 def planned_run_id(cfg: RunConfig, *, evaluate: bool = True) -> str:
-    """The folder a run of ``cfg`` writes (its identity's run id), found without loading the model."""
+    """The folder a run of ``cfg`` writes (its identity's run id), found without loading the model; the base
+    model's row (``--adapter none``) included."""
+    cfg = _resolved(cfg)  # the identity holds the concrete dtype and device, as the run itself resolves them
+    if cfg.adapter == NO_ADAPTER:
+        return _eval_only_plan(cfg, None)[1]
     return _plan(cfg, evaluate=evaluate)[3]
 
 
 def _planned_run_id(one: RunConfig) -> str:
     """The run id ``one`` gets (its identity's); the readable id without digest when even planning fails."""
     try:
-        return _eval_only_plan(one, None)[1] if one.adapter == NO_ADAPTER else _plan(one)[3]
+        return planned_run_id(one)
     except Exception:
         return one.run_id()
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from cme_bench import runner
 from cme_bench.cli import build_parser, main
 from cme_bench.config import config_from_args
 
@@ -198,7 +199,7 @@ def _checkout_out(tmp: Path, assets: dict[str, Path]) -> None:
 
 def _corrupt_record(tmp: Path, assets: dict[str, Path]) -> None:
     argv = ["eval", "--adapter", "none", "--model", "tiny-llama", *EVAL, "--output", str(tmp / "r")]
-    run_id = config_from_args(build_parser().parse_args(argv), adapter="none").run_id()
+    run_id = runner.planned_run_id(config_from_args(build_parser().parse_args(argv), adapter="none"))
     _write(tmp / "r" / run_id / "run.json", '{"status": "succ')
 
 
