@@ -30,7 +30,7 @@ from torch import nn
 
 from cme_bench import modelcard
 from cme_bench.config import check_training
-from cme_bench.errors import CmeError, ConfigError
+from cme_bench.errors import CmeError, ConfigError, loading
 from cme_bench.paths import adapters_dir
 from cme_bench.registry import suggest
 from cme_bench.tuners import TUNERS, get_method
@@ -96,7 +96,8 @@ def load_preset(name_or_path: str | Path) -> AdapterPreset:
             raise CmeError(suggest(text, preset_names(), "adapter preset"))
     if not path.is_file():
         raise CmeError(f"adapter preset file {str(path)!r} does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
+    with loading(path, "adapter preset", "it must be a YAML mapping (see adapters/README.md)"):
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"expected a mapping at the top level, got {type(data).__name__}", where=str(path))
     return preset_from_dict(data, name=path.stem, path=path)
@@ -472,7 +473,8 @@ def _write_peft(
 def load_adapter(base_model: nn.Module, adapter_dir: str | Path) -> nn.Module:
     """Attach a saved adapter to ``base_model`` strictly (ours, PEFT's, or an authors' layout a method declares)."""
     saved = read_adapter(adapter_dir)
-    state = saved.state()
+    with loading(saved.weights, "adapter weights"):
+        state = saved.state()
     if saved.layout == "peft":
         return _load_peft(base_model, saved, state)
     if saved.foreign is None:  # an authors' release records no base model

@@ -81,6 +81,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"cme-bench {args.verb}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        # The environment said no (disk full, file-size limit, permission denied): one line naming the file.
+        if args.verbose or os.environ.get("CME_BENCH_TRACEBACK"):
+            raise
+        where = f": {err.filename}" if err.filename else ""
+        print(f"cme-bench {args.verb}: error: {err.strerror or err}{where}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"cme-bench {args.verb}: interrupted", file=sys.stderr)
         return 130

@@ -171,6 +171,8 @@ class RunConfig(TrainConfig):
             problems.append(f"--train-cap must be >= 0, got {self.train_cap!r}")
         if self.eval_batch_size < 1:
             problems.append(f"--eval-batch-size must be >= 1, got {self.eval_batch_size!r}")
+        if self.tasks is not None and not self.tasks:
+            problems.append("--tasks is empty; name at least one task, or leave it out to run the whole --suite")
         if self.limit is not None and self.limit < 0:
             problems.append(f"--limit must be >= 0 (0 = every test document), got {self.limit!r}")
         if self.backend not in BACKENDS:
@@ -178,6 +180,10 @@ class RunConfig(TrainConfig):
         problems += devices.check_names(self.device, self.dtype)
         if self.mix not in ("size", "temperature"):
             problems.append(f"--mix must be size or temperature, got {self.mix!r}")
+        if not self.temperature > 0:
+            problems.append(f"--temperature must be > 0, got {self.temperature!r}")
+        if Path(self.output).exists() and not Path(self.output).is_dir():
+            problems.append(f"--output {self.output!r} is a file, not a results folder")
         for path in self.include_path + self.extra_data:
             if not Path(path).exists():
                 problems.append(f"path does not exist: {path}")
@@ -268,7 +274,7 @@ def seeds_from_args(args: argparse.Namespace) -> list[int]:
 def config_from_args(args: argparse.Namespace, **overrides: Any) -> RunConfig:
     names = {f.name for f in fields(RunConfig)}
     values = {k: v for k, v in vars(args).items() if k in names}
-    if isinstance(values.get("tasks"), str):
+    if isinstance(values.get("tasks"), str):  # "" stays an empty list, which RunConfig refuses
         values["tasks"] = [t.strip() for t in values["tasks"].split(",") if t.strip()]
     values.update(overrides)
     return RunConfig(**values)

@@ -18,6 +18,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from transformers import (
 )
 
 from cme_bench import devices
-from cme_bench.errors import CmeError
+from cme_bench.errors import CmeError, loading
 from cme_bench.paths import cache_dir
 from cme_bench.registry import suggest
 from cme_bench.results import write_dir_atomic
@@ -167,21 +168,30 @@ def _load_folder(
         )
     # device_map: the weights are read from safetensors straight onto the device, in ``dtype`` (no host-side copy of
     # the whole model, and no fp32 detour: a 7B base in bf16 needs 14 GB of GPU memory, not 28 GB of RAM first).
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=dtype, device_map=device, use_safetensors=True, trust_remote_code=trust_remote_code
-    )
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    with loading(path, "model folder", "check its config.json, *.safetensors and tokenizer files"):
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, device_map=device, use_safetensors=True, trust_remote_code=trust_remote_code
+        )
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     return model, tokenizer
+
+
+GGUF_MAGIC = b"GGUF"
 
 
 def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[PreTrainedModel, Any]:
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
-    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    with loading(path, "GGUF file", "is it a complete GGUF model file?"):
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+        if magic != GGUF_MAGIC:
+            raise ValueError(f"not a GGUF file (starts with {magic!r}, expected {GGUF_MAGIC!r})")
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     return model, tokenizer
 
 
-def save_model_folder(model: PreTrainedModel, tokenizer: Any, out: Path) -> Path:
-    """Save a model and tokenizer as a safetensors folder, atomically (temporary folder, then rename)."""
+def save_model_folder(model: PreTrainedModel, tokenizer: Any, out: Path, *, overwrite: bool = False) -> Path:
+    """Save a model and tokenizer as a safetensors folder, atomically (``results.write_dir_atomic``'s rules)."""
 
     def build(tmp: Path) -> None:
         # A GGUF-loaded model carries a quantizer that refuses to save; the weights are already dequantised.
@@ -191,7 +201,7 @@ def save_model_folder(model: PreTrainedModel, tokenizer: Any, out: Path) -> Path
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
 
-    return write_dir_atomic(out, build)
+    return write_dir_atomic(out, build, overwrite=overwrite)
 
 
 def _smollm2_folder() -> Path:
@@ -204,7 +214,7 @@ def _smollm2_folder() -> Path:
         return out
     log.info("dequantising %s once into %s (about 20 s)", gguf.name, out)
     model, tokenizer = _load_gguf(gguf, torch.float32)
-    save_model_folder(model, tokenizer, out)
+    save_model_folder(model, tokenizer, out, overwrite=True)  # our own cache folder
     stamp.write_text(json.dumps(source))
     return out
 
@@ -213,7 +223,7 @@ def _tiny_llama_folder() -> Path:
     out = cache_dir() / "models" / "tiny-llama-seed0"
     if not _is_hf_folder(out):
         model, tokenizer = build_tiny_llama(seed=0)
-        save_model_folder(model, tokenizer, out)
+        save_model_folder(model, tokenizer, out, overwrite=True)
     return out
 
 
@@ -235,7 +245,7 @@ def materialize(spec: str) -> Path:
     if path.is_file() and path.suffix == ".gguf":
         out = cache_dir() / "models" / f"{path.stem}-{_file_digest(path)[:12]}"
         if not _is_hf_folder(out):
-            save_model_folder(*_load_gguf(path, torch.float32), out)
+            save_model_folder(*_load_gguf(path, torch.float32), out, overwrite=True)
         return out
     raise CmeError(f"cannot materialise {spec!r} as a model folder (a built-in name, a model folder or a .gguf file)")
 
@@ -276,17 +286,14 @@ def load_model(
     """
     dtype = dtype or default_dtype(device)
     path = Path(spec).expanduser()
-    tried: list[str] = []
 
     if _is_hf_folder(path):
         model, tok = _load_folder(path, dtype, trust_remote_code, device)
         return _loaded(model, tok, spec, path.resolve().name, "folder", path.resolve(), device)
-    tried.append(f"local model folder: {path} ({'no config.json in it' if path.is_dir() else 'not a folder'})")
 
     if path.is_file() and path.suffix.lower() == ".gguf":
         model, tok = _load_gguf(path, dtype)
         return _loaded(model, tok, spec, path.stem, "gguf", None, device)
-    tried.append(f"GGUF file: {path} ({'not a .gguf file' if path.is_file() else 'no such file'})")
 
     if spec == "tiny-llama":
         model, tok = build_tiny_llama(seed=0)
@@ -296,20 +303,46 @@ def load_model(
         folder = _smollm2_folder()
         model, tok = _load_folder(folder, dtype, False, device)
         return _loaded(model, tok, spec, spec, "builtin", folder, device)
-    tried.append("built-in name: " + suggest(spec, list(BUILTINS), "built-in model"))
 
     if spec.startswith(HUB_PREFIX):
         hub_id = spec[len(HUB_PREFIX) :]
         log.info("downloading %s from the Hugging Face hub (asked for with %s)", hub_id, HUB_PREFIX)
-        model = AutoModelForCausalLM.from_pretrained(
-            hub_id, dtype=dtype, device_map=device, use_safetensors=True, trust_remote_code=trust_remote_code
-        )
-        tok = AutoTokenizer.from_pretrained(hub_id, trust_remote_code=trust_remote_code)
+        with loading(spec, "hub model", _hub_hint()):
+            model = AutoModelForCausalLM.from_pretrained(
+                hub_id, dtype=dtype, device_map=device, use_safetensors=True, trust_remote_code=trust_remote_code
+            )
+            tok = AutoTokenizer.from_pretrained(hub_id, trust_remote_code=trust_remote_code)
         return _loaded(model, tok, spec, hub_id.split("/")[-1], "hub", None, device)
-    tried.append(f"hub id: not contacted (write {HUB_PREFIX}{spec} to download it from the Hugging Face hub)")
+    check_spec(spec)
+    raise AssertionError("unreachable: check_spec accepts only specs handled above")
 
+
+def check_spec(spec: str) -> None:
+    """Fail as ``load_model`` would when nothing fits ``spec``, without loading anything (a check before work)."""
+    path = Path(spec).expanduser()
+    if _is_hf_folder(path) or (path.is_file() and path.suffix.lower() == ".gguf"):
+        return
+    if spec in BUILTINS or spec.startswith(HUB_PREFIX):
+        return
+    tried = [
+        f"local model folder: {path} ({'no config.json in it' if path.is_dir() else 'not a folder'})",
+        f"GGUF file: {path} ({'not a .gguf file' if path.is_file() else 'no such file'})",
+        "built-in name: " + suggest(spec, list(BUILTINS), "built-in model"),
+        f"hub id: not contacted (write {HUB_PREFIX}{spec} to download it from the Hugging Face hub)",
+    ]
     lines = "\n".join(f"  {i}. {t}" for i, t in enumerate(tried, 1))
     raise CmeError(f"cannot find a model for --model {spec!r}. Tried, in order:\n{lines}")
+
+
+def _hub_hint() -> str:
+    """What to do when a hub download fails; offline mode is the usual cause and is named when it is on."""
+    offline = [v for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE") if os.environ.get(v, "").lower() in ("1", "true")]
+    if offline:
+        return (
+            f"offline mode is on ({', '.join(offline)}=1): nothing is downloaded; unset it to download, "
+            "or pass a local model folder"
+        )
+    return "check the id, your network, and that the repository has safetensors weights"
 
 
 def _loaded(model, tok, spec: str, name: str, source: str, path: Path | None, device: str) -> LoadedModel:
@@ -366,7 +399,8 @@ def load_config(spec: str) -> PretrainedConfig:
     if path.is_file() and path.name == "config.json":
         path = path.parent
     if path.is_dir() and (path / "config.json").is_file():
-        return AutoConfig.from_pretrained(path)
+        with loading(path / "config.json", "model config", "it must be a transformers config.json"):
+            return AutoConfig.from_pretrained(path)
     if spec == "tiny-llama":
         return build_tiny_llama()[0].config
     if spec == "smollm2-135m":

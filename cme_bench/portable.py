@@ -27,7 +27,7 @@ from cme_bench.tuners.checkpoint import WEIGHTS_NAME as WEIGHTS
 LAYOUTS = ("authors",)
 
 
-def export_authors(adapter_dir: str | Path, out: str | Path) -> Path:
+def export_authors(adapter_dir: str | Path, out: str | Path, *, overwrite: bool = False) -> Path:
     """Write the adapter saved in ``adapter_dir`` (cme-bench's layout) to ``out`` in its method's authors' layout
     (the method's ``ForeignLayout.export``; TeamLoRA's is the only one today)."""
     from safetensors.torch import load_file, save_file
@@ -50,7 +50,7 @@ def export_authors(adapter_dir: str | Path, out: str | Path) -> Path:
         save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt"})
         (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
 
-    return write_dir_atomic(Path(out), build)
+    return write_dir_atomic(Path(out), build, overwrite=overwrite)
 
 
 def _base_name(folder: Path) -> str | None:

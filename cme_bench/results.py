@@ -23,6 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cme_bench.errors import CmeError, loading
+
 SCHEMA_VERSION = 2  # 2: the "identity" and "tasks_meta" blocks, digest-suffixed run ids
 STATUSES = ("running", "success", "failed", "cancelled")
 PACKAGES = (
@@ -65,9 +67,24 @@ def _fsync_replace(tmp: str, path: Path) -> None:
             os.close(fd)
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where the kernel tells (Linux), else set-and-restore."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_text_atomic(path: Path, text: str, *, fsync: bool = True) -> None:
     """Write ``text`` to ``path`` so that a crash leaves either the old file or the new one.
 
+    The file gets the mode a plain ``open()`` would give it (0666 minus the umask), not the temporary file's 0600.
     ``fsync=False`` keeps the rename (readers never see half a file) but skips the flush to disk, for files that can
     be regenerated and are written by the hundred, such as report pages.
     """
@@ -75,6 +92,7 @@ def write_text_atomic(path: Path, text: str, *, fsync: bool = True) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             if fsync:
@@ -89,20 +107,97 @@ def write_text_atomic(path: Path, text: str, *, fsync: bool = True) -> None:
         raise
 
 
-def write_dir_atomic(out: Path, build: Callable[[Path], Any]) -> Path:
-    """Fill a folder with ``build(tmp)`` in a temporary sibling, then swap it in: readers never see half a folder."""
-    out = Path(out)
+def _is_results_root(folder: Path) -> bool:
+    return any(folder.glob("*/run.json"))
+
+
+def check_output_dir(out: Path, *, overwrite: bool = False, flag: str = "--out") -> Path:
+    """Refuse an output folder that writing into could damage; call it before any heavy work.
+
+    Never valid: the current directory (or one of its parents), the home folder, a git checkout, a results root (a
+    folder holding ``*/run.json``). An existing non-empty folder needs ``overwrite``, and even then only the files
+    the writer produces are replaced; nothing else in it is removed.
+    """
+    out = Path(out).expanduser()
+    resolved = out.resolve()
+    cwd = Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        raise CmeError(f"{flag} {str(out)!r} is the current directory or one of its parents; name a new folder")
+    if resolved == Path.home().resolve():
+        raise CmeError(f"{flag} {str(out)!r} is your home folder; name a new folder")
+    if out.exists() and not out.is_dir():
+        raise CmeError(f"{flag} {str(out)!r} exists and is not a folder")
+    if out.is_dir():
+        if (out / ".git").exists():
+            raise CmeError(f"{flag} {str(out)!r} is a git checkout; name a new folder")
+        if _is_results_root(out):
+            raise CmeError(f"{flag} {str(out)!r} holds run records (*/run.json); name a new folder")
+        if any(out.iterdir()) and not overwrite:
+            raise CmeError(
+                f"{flag} {str(out)!r} exists and is not empty; pass --overwrite to write into it "
+                "(files of the same name are replaced, nothing else is removed) or name a new folder"
+            )
+    parent = next((p for p in resolved.parents if p.exists()), None)
+    if parent is not None and not os.access(parent if not out.exists() else out, os.W_OK):
+        raise CmeError(f"{flag} {str(out)!r}: no permission to write there")
+    return out
+
+
+def check_output_file(path: Path, *, flag: str) -> Path:
+    """Refuse an output file that cannot be written, before any heavy work (the file itself is not created)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise CmeError(f"{flag} {str(path)!r} is a folder; name a file")
+    parent = next((p for p in path.absolute().parents if p.exists()), None)
+    if parent is None or not parent.is_dir():
+        raise CmeError(f"{flag} {str(path)!r}: {parent} is not a folder")
+    if parent == path.absolute().parent:
+        try:  # a real probe: os.access says yes to root on a read-only mount
+            fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=parent)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise CmeError(f"{flag} {str(path)!r}: cannot write into {parent} ({exc.strerror})") from None
+    elif not os.access(parent, os.W_OK):
+        raise CmeError(f"{flag} {str(path)!r}: no permission to create folders in {parent}")
+    return path
+
+
+def write_dir_atomic(out: Path, build: Callable[[Path], Any], *, overwrite: bool = False) -> Path:
+    """Fill a folder with ``build(tmp)`` in a temporary sibling, then move it into place.
+
+    A new (or empty) ``out`` is swapped in whole: readers never see half a folder. An existing non-empty ``out`` is
+    refused unless ``overwrite``; then each file ``build`` produced replaces its namesake in ``out`` and nothing
+    else there is touched. Nothing is ever deleted that this call did not create.
+    """
+    out = check_output_dir(Path(out), overwrite=overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
+        os.chmod(tmp, 0o777 & ~_umask())
         build(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        if out.is_dir() and any(out.iterdir()):
+            _move_into(tmp, out)
+        else:
+            if out.is_dir():
+                out.rmdir()  # empty: nothing of anyone's is lost
+            os.replace(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _move_into(src: Path, dst: Path) -> None:
+    """Move every file under ``src`` to the same place under ``dst``, replacing files of the same name only."""
+    for path in sorted(src.rglob("*")):
+        if path.is_dir():
+            continue
+        target = dst / path.relative_to(src)
+        if target.is_dir():
+            raise CmeError(f"cannot write {target}: a folder of that name is in the way")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -144,8 +239,15 @@ def make_run_id(
 
 
 def read_run(run_dir: Path) -> dict[str, Any] | None:
+    """The run record in ``run_dir`` (None if there is none); ``LoadError`` if it is not a JSON object."""
     path = Path(run_dir) / "run.json"
-    return read_json(path) if path.is_file() else None
+    if not path.is_file():
+        return None
+    with loading(path, "run record", "move it away, or pass --force to replace it"):
+        data = read_json(path)
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+    return data
 
 
 def error_info(exc: BaseException) -> dict[str, str]:

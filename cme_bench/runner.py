@@ -40,6 +40,7 @@ from cme_bench import (
     provenance,
     results,
     reuse,
+    runlock,
     taskreg,
     trackers,
 )
@@ -72,13 +73,14 @@ class RunLog:
     def add_task(self, result: TaskResult) -> None:
         rel = f"samples/{result.task}.jsonl"
         if self.enabled:
-            results.write_jsonl_atomic(self.dir / rel, result.samples)
+            results.write_jsonl_atomic(self.dir / rel, runlock.stamp(result.samples, self.data.get("attempt")))
         self.data["metrics"][result.task] = {
             "metric": result.metric,
             "value": result.value,
             "stderr": result.stderr,
             "n": result.n,
             "seconds": result.seconds,
+            "attempt": self.data.get("attempt"),  # a merged record holds tasks of several attempts
         }
         self.data["samples"][result.task] = rel
         self.save()
@@ -108,18 +110,35 @@ def _open_record(
     cfg: RunConfig, run_id: str, name: str, ident: identity.Identity, tasks: list[str], existing: dict | None = None
 ) -> RunLog:
     """The run's record, marked running: ``existing`` (a finished record new tasks are merged into), the record on
-    disk when resuming, or a fresh one. It carries the identity and the metadata of its tasks from the start."""
-    run_dir = Path(cfg.output) / run_id
-    existing = existing or (results.read_run(run_dir) if cfg.resume else None)
+    disk when resuming, or a fresh one. It carries the identity and the metadata of its tasks from the start.
+
+    One writer per run, and a rerun or a merge over a good record is staged beside it (``runlock``); the attempt
+    ends with the last stage (``_guarded``).
+    """
+    attempt = runlock.begin(Path(cfg.output) / run_id, enabled=cfg.is_main_process())
+    if existing is not None and attempt.staged:
+        # Tasks merged into a finished record are built beside it like a rerun: its sample logs come along.
+        shutil.copytree(attempt.final, attempt.dir, dirs_exist_ok=True)
+    elif existing is None and cfg.resume and not attempt.staged:
+        existing = results.read_run(attempt.final)
     data = existing or results.new_record(run_id, name, cfg.to_dict())
     meta = {**(data.get("tasks_meta") or {}), **reuse.tasks_meta(tasks, [Path(p) for p in cfg.include_path])}
-    data.update(status="running", error=None, config=cfg.to_dict(), identity=ident.to_dict(), tasks_meta=meta)
+    data.update(
+        status="running",
+        error=None,
+        config=cfg.to_dict(),
+        identity=ident.to_dict(),
+        tasks_meta=meta,
+        attempt=attempt.id,
+    )
     data["schema_version"] = results.SCHEMA_VERSION
     data["environment"].setdefault("hardware", {}).update(devices.describe(cfg.device, cfg.dtype))
-    record = RunLog(run_dir, data, enabled=cfg.is_main_process())
-    record.save()
-    if record.enabled:
-        trackers.start_run(run_id, cfg.to_dict(), run_dir)
+    record = RunLog(attempt.dir, data, enabled=cfg.is_main_process())
+    record.attempt = attempt
+    with runlock.closing(record, keep=True):
+        record.save()
+        if record.enabled:  # a staged rerun's tracker files go with it (into the staging folder)
+            trackers.start_run(run_id, cfg.to_dict(), record.dir)
     return record
 
 
@@ -214,17 +233,22 @@ def finish(record: RunLog, status: str, exc: BaseException | None = None) -> Non
 
 
 def _guarded(record: RunLog, body, *, last: bool = True) -> dict[str, Any]:
-    """Run ``body()``; if it raises, the record ends as failed or cancelled, else (when ``last``) as success."""
-    try:
-        body()
-    except KeyboardInterrupt as exc:
-        finish(record, "cancelled", exc)
-        raise
-    except Exception as exc:
-        finish(record, "failed", exc)
-        raise
-    if last:
-        finish(record, "success")
+    """Run ``body()``; if it raises, the record ends as failed or cancelled, else (when ``last``) as success.
+
+    The attempt ends with the last stage (``runlock.closing``): the lock is released, a staged rerun is swapped in
+    (or dropped when a stage fails). A sweep's training stage (``last=False``) keeps it open for the evaluation.
+    """
+    with runlock.closing(record, keep=not last):
+        try:
+            body()
+        except KeyboardInterrupt as exc:
+            finish(record, "cancelled", exc)
+            raise
+        except Exception as exc:
+            finish(record, "failed", exc)
+            raise
+        if last:
+            finish(record, "success")
     return record.data
 
 
@@ -553,6 +577,11 @@ def _evaluate_group(backend: EvalBackend, cfg: RunConfig, states: dict[str, RunS
     return outcomes
 
 
+def planned_run_id(cfg: RunConfig, *, evaluate: bool = True) -> str:
+    """The folder a run of ``cfg`` writes (its identity's run id), found without loading the model."""
+    return _plan(cfg, evaluate=evaluate)[3]
+
+
 def _planned_run_id(one: RunConfig) -> str:
     """The run id ``one`` gets (its identity's); the readable id without digest when even planning fails."""
     try:
@@ -576,9 +605,11 @@ def record_failure(one: RunConfig, exc: BaseException, run_id: str | None = None
     log.error("sweep: %s failed: %s", one.adapter, exc)
     run_id = run_id or _planned_run_id(one)
     run_file = Path(one.output) / run_id / "run.json"
+    if isinstance(exc, runlock.RunBusy):  # another process is writing that run: its record is not ours to touch
+        return {"adapter": one.adapter, "run_id": run_id, "status": "failed", "error": str(exc)}
     existing = results.read_run(run_file.parent)
     if existing is None or existing.get("status") == "running":
-        # The failure came before the record existed (e.g. an unknown preset), or outside the run's own guard
+        # The failure came before the record existed (e.g. an invalid preset), or outside the run's own guard
         # (a session that did not open): record it now.
         rec = existing or results.new_record(run_id, one.adapter, one.to_dict())
         rec.update(status="failed", error=results.error_info(exc), finished_at=results.now())

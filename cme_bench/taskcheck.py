@@ -29,7 +29,9 @@ from typing import Any
 import yaml
 
 from cme_bench import taskreg
+from cme_bench.errors import CmeError
 from cme_bench.paths import tasks_dir
+from cme_bench.registry import suggest
 
 log = logging.getLogger(__name__)
 SCHEMA_ROWS = "schema_rows.json"
@@ -252,6 +254,9 @@ def validate(
 ) -> list[Problem]:
     """Every problem found in the task folders (empty list = all good)."""
     problems, tasks = check_configs(include_path)
+    for name in names or ():
+        if name not in tasks:  # a misspelt --task would otherwise check nothing and report "no problems"
+            raise CmeError(suggest(name, sorted(tasks), "task"))
     if not load_data:
         return problems
     broken = {p.path for p in problems}

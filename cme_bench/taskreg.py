@@ -120,10 +120,36 @@ def _quiet_custom_dataset_hint(record: logging.LogRecord) -> bool:
     return "Custom kwargs can be passed" not in record.getMessage()
 
 
+def _check_yaml_syntax(folders: Sequence[str]) -> None:
+    """A YAML in an ``--include-path`` folder that does not parse is an error naming it (lm-eval skips it silently).
+
+    Syntax only (tags such as ``!function`` are accepted unread); ``tasks validate`` checks the contents.
+    """
+    import yaml
+
+    from cme_bench.errors import LoadError
+
+    class _SyntaxOnly(yaml.SafeLoader): ...
+
+    _SyntaxOnly.add_multi_constructor("!", lambda loader, suffix, node: None)
+    for folder in folders:
+        for path in sorted(Path(folder).rglob("*.yaml")):
+            try:
+                data = yaml.load(path.read_text(encoding="utf-8"), Loader=_SyntaxOnly)
+            except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+                mark = getattr(err, "problem_mark", None)
+                where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+                reason = getattr(err, "problem", None) or err
+                raise LoadError(path, f"task YAML {str(path)!r}: {where}{reason}") from err
+            if not isinstance(data, dict):
+                raise LoadError(path, f"task YAML {str(path)!r}: expected a mapping, got {type(data).__name__}")
+
+
 @functools.lru_cache(maxsize=8)
 def _task_manager(paths: tuple[str, ...]) -> Any:
     from lm_eval.tasks import TaskManager
 
+    _check_yaml_syntax(paths[1:])
     _cache_jinja_templates()
     logging.getLogger("lm_eval.api.task").addFilter(_quiet_custom_dataset_hint)
     # include_defaults=False: indexing lm-eval's ~10k built-in YAMLs costs seconds and could shadow nothing of ours.

@@ -175,13 +175,13 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
 
 
 def step_examples(n: int, cfg: TrainConfig, rank: int, world: int, start: int = 0):
-    """Yield (step, this process's example indices) from optimiser step ``start`` on; each rank takes its slice."""
+    """Yield (step, this process's example indices) from optimiser step ``start`` on; each rank takes its slice.
+
+    Every epoch yields at least one step: fewer examples than one step needs is refused (``check_fits``), never an
+    endless search for a full batch.
+    """
+    check_fits(n, cfg, world)
     per_step = cfg.batch_size * cfg.grad_accum * world
-    if n < per_step:  # no epoch would yield a single step: refuse instead of looping forever
-        raise CmeError(
-            f"{n} training examples are fewer than one optimiser step needs ({per_step} = batch size "
-            f"{cfg.batch_size} x grad accum {cfg.grad_accum} x {world} processes): lower --batch-size or add data"
-        )
     step, epoch = 0, 0
     while True:
         order = epoch_order(n, cfg.seed, epoch)
@@ -194,13 +194,29 @@ def step_examples(n: int, cfg: TrainConfig, rank: int, world: int, start: int = 
         epoch += 1
 
 
+def check_fits(n_examples: int, cfg: TrainConfig, world: int) -> None:
+    """Refuse a step larger than the data: batches never wrap across epochs, so it could never be filled."""
+    per_step = cfg.batch_size * cfg.grad_accum * world
+    if n_examples < per_step:
+        raise CmeError(
+            f"the training mixture has {n_examples} examples, fewer than one optimiser step needs ({per_step} = "
+            f"--batch-size {cfg.batch_size} x --grad-accum {cfg.grad_accum} x {world} process(es)); lower "
+            "--batch-size or --grad-accum, or raise --train-cap"
+        )
+
+
 def total_steps(n_examples: int, cfg: TrainConfig, world: int) -> int:
+    check_fits(n_examples, cfg, world)
     if cfg.max_steps:
         return cfg.max_steps
     per_step = cfg.batch_size * cfg.grad_accum * world
-    if n_examples < per_step:
-        raise CmeError(f"{n_examples} training examples are fewer than one optimiser step needs ({per_step})")
     return max(1, math.floor(cfg.epochs * (n_examples // per_step)))
+
+
+def warmup_steps(cfg: TrainConfig, steps: int) -> int:
+    """Linear warm-up length: ``warmup_ratio`` of the steps, but never all of them (a 1-step run at lr 0 learns
+    nothing, and its adapter would not even change the model)."""
+    return min(math.ceil(cfg.warmup_ratio * steps), steps - 1)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -337,7 +353,7 @@ def train(
     if not params:
         raise CmeError("the model has no trainable parameters: was an adapter applied?")
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * steps), steps)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, warmup_steps(cfg, steps), steps)
     model.train()
     ddp_model, optimizer = acc.prepare(model, optimizer)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +13,47 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+# Written into the checkout by the tools themselves, not by the code under test.
+_TOOL_LITTER = ("__pycache__", ".pytest_cache", ".ruff_cache", ".pyc")
+
+
+def _checkout_state() -> set[str] | None:
+    """New (untracked or ignored) paths git reports and every file under results/ with its mtime (None: no git)."""
+    try:
+        out = subprocess.run(
+            ["git", "status", "--porcelain=v1", "-z", "--ignored", "--untracked-files=normal"],
+            cwd=REPO,
+            capture_output=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    # Only new paths ("??" untracked, "!!" ignored): edits to tracked files while tests run are the developer's.
+    entries = {
+        e
+        for e in out.stdout.decode("utf-8", "replace").split("\0")
+        if e[:2] in ("??", "!!") and not any(t in e for t in _TOOL_LITTER)
+    }
+    results = REPO / "results"
+    if results.is_dir():
+        entries |= {
+            f"results: {p.relative_to(REPO)} {p.stat().st_mtime_ns}" for p in results.rglob("*") if p.is_file()
+        }
+    return entries
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_writes_into_the_checkout():
+    """Fail the session if any test created or changed a file in the repository tree (tests write to tmp_path)."""
+    before = _checkout_state()
+    yield
+    after = _checkout_state()
+    if before is not None and after is not None and after - before:
+        pytest.fail("tests wrote into the checkout: " + ", ".join(sorted(after - before)[:20]), pytrace=False)
 
 
 @pytest.fixture(scope="session")

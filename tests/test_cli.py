@@ -14,12 +14,14 @@ def test_help_lists_every_verb():
         assert verb in VERBS and verb in text
 
 
-def test_bad_model_is_one_readable_error(capsys):
-    rc = main(["run", "--model", "does/not/exist", "--max-steps", "1"])
+def test_bad_model_is_one_readable_error(capsys, tmp_path):
+    out = tmp_path / "results"
+    rc = main(["run", "--model", "does/not/exist", "--max-steps", "1", "--output", str(out)])
     err = capsys.readouterr().err
     assert rc == 2
     assert "does/not/exist" in err and "Tried, in order" in err
     assert "Traceback" not in err
+    assert not out.exists()  # a run that never started leaves no record (and no leaderboard row)
 
 
 def test_console_script_entry_point_runs():

@@ -56,6 +56,33 @@ def reuse_line(record: dict[str, Any]) -> str | None:
     )
 
 
+def preflight(cfg: Any, *, adapter_path: Path | None = None) -> None:
+    """Check every input of a run before anything heavy is loaded: a bad value costs seconds and leaves no record.
+
+    The model spec must resolve, the tasks (or the suite) must exist, the adapter preset or saved adapter must
+    load, and ``--resume`` must find something to resume.
+    """
+    from cme_bench import adapters, models, taskreg
+    from cme_bench.config import NO_ADAPTER
+    from cme_bench.tuners.checkpoint import read_adapter_config
+
+    models.check_spec(cfg.model)
+    for task in cfg.tasks or taskreg.suite_tasks(cfg.suite, cfg.include_path):
+        taskreg.task_info(task, cfg.include_path)
+    if adapter_path is not None:
+        read_adapter_config(adapter_path)
+    elif cfg.adapter != NO_ADAPTER:
+        adapters.load_preset(cfg.adapter)
+
+
+def require_resumable(cfg: Any, stage: str | None) -> None:
+    """``--resume`` with nothing to resume is an error for a single run (a sweep starts what never started)."""
+    from cme_bench import runlock, runner
+
+    if cfg.resume:
+        runlock.require_resumable(Path(cfg.output) / runner.planned_run_id(cfg, evaluate=stage is None))
+
+
 def print_outcome(record: dict[str, Any]) -> None:
     """One line per run, on the leaderboard's scale (%) and with its names (see report.summary.outcome_line); first
     what was reused instead of computed."""

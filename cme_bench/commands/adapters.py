@@ -31,13 +31,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     merge = sub.add_parser("merge", help="merge a mergeable adapter into its base and save the merged model")
     merge.add_argument("adapter_dir", help="a saved adapter folder")
     merge.add_argument("--model", required=True, help="the base model the adapter was trained on")
-    merge.add_argument("--out", required=True, help="output folder for the merged model")
+    merge.add_argument("--out", required=True, help="output folder for the merged model (a new or empty folder)")
+    merge.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into an existing non-empty --out (files of the same name are replaced, nothing else removed)",
+    )
     export = sub.add_parser("export", help="write a saved adapter in another tool's layout")
     export.add_argument("adapter_dir", help="a saved cme-bench adapter folder")
     export.add_argument(
         "--layout", required=True, choices=["authors"], help="authors: the TeamLoRA release's checkpoint layout"
     )
-    export.add_argument("--out", required=True, help="output folder")
+    export.add_argument("--out", required=True, help="output folder (a new or empty folder)")
+    export.add_argument("--overwrite", action="store_true", help="write into an existing non-empty --out (as merge)")
     convert = sub.add_parser(
         "convert",
         help="turn a pickled adapter_model.bin into adapter_model.safetensors (torch.load weights_only=True only)",
@@ -134,10 +140,15 @@ def _merge(args: argparse.Namespace) -> int:
 
     from cme_bench.adapters import load_adapter, merge_adapter
     from cme_bench.models import load_model, save_model_folder
+    from cme_bench.results import check_output_dir
+    from cme_bench.tuners.checkpoint import read_adapter_config
 
+    # Every input and the output are checked before the model is loaded: a bad --out never costs a load.
+    out = check_output_dir(Path(args.out), overwrite=args.overwrite)
+    read_adapter_config(args.adapter_dir)
     loaded = load_model(args.model)
     model = merge_adapter(load_adapter(loaded.model, args.adapter_dir))
-    out = save_model_folder(model, loaded.tokenizer, Path(args.out))
+    out = save_model_folder(model, loaded.tokenizer, out, overwrite=args.overwrite)
     print(f"merged {args.adapter_dir} into {args.model}: {out}")
     return 0
 
@@ -145,7 +156,7 @@ def _merge(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from cme_bench.portable import export_authors
 
-    out = export_authors(args.adapter_dir, args.out)
+    out = export_authors(args.adapter_dir, args.out, overwrite=args.overwrite)
     print(f"exported {args.adapter_dir} in the {args.layout} layout: {out}")
     return 0
 

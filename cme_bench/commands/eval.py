@@ -31,6 +31,7 @@ def main(args: argparse.Namespace) -> int:
     if args.adapter_path is not None and not (args.adapter_path / "adapter_config.json").is_file():
         raise CmeError(f"{args.adapter_path} is not an adapter folder (no adapter_config.json in it)")
     cfg = config_from_args(args, adapter="none")
+    _common.preflight(cfg, adapter_path=args.adapter_path)
     with _common.trackers_of(args):
         record = runner.evaluate_base_or_adapter(cfg, args.adapter_path)
     _common.print_outcome(record)

@@ -74,9 +74,11 @@ def main(args: argparse.Namespace) -> int:
 
     from cme_bench import profile
     from cme_bench.models import load_model, random_model
-    from cme_bench.results import write_json_atomic
+    from cme_bench.results import check_output_file, write_json_atomic
 
     _check(args)
+    if args.json:  # before the measurement, not after it
+        check_output_file(args.json, flag="--json")
     if args.vllm:
         from cme_bench.vllm_backend import require_vllm
 

@@ -53,8 +53,17 @@ def main(args: argparse.Namespace) -> int:
 
     if args.bootstrap < 10:
         raise CmeError(f"--bootstrap {args.bootstrap} is too small; use at least 10 (1000 is the default)")
+    if args.max_sample_runs < 0:
+        raise CmeError(f"--max-sample-runs must be >= 0 (0: no sample viewer rows), got {args.max_sample_runs}")
     results = Path(args.results)
     out = Path(args.out) if args.out else results / "leaderboard"
+    if out.exists() and not out.is_dir():
+        raise CmeError(f"--out {str(out)!r} is a file; name a folder for the leaderboard")
+    if out.resolve() == results.resolve() or out.resolve() in results.resolve().parents:
+        raise CmeError(
+            f"--out {str(out)!r} is --results {str(results)!r} or a folder above it: the leaderboard would be "
+            "written among the run records it reads; use a folder of its own (default: RESULTS/leaderboard)"
+        )
     start = time.perf_counter()
     kwargs = {}
     if args.include_path:

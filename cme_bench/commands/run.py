@@ -23,10 +23,10 @@ def main(args: argparse.Namespace) -> int:
 
     seeds = seeds_from_args(args)
     configs = [config_from_args(args, seed=seed) for seed in seeds]  # every setting checked before any work
-    if configs[0].adapter != "none":
-        from cme_bench.adapters import load_preset
-
-        load_preset(configs[0].adapter)  # a misspelt preset fails before the base row is evaluated
+    for cfg in configs:  # model, tasks, preset, --resume: checked before the base row is evaluated
+        _common.preflight(cfg)
+        if cfg.adapter != "none":
+            _common.require_resumable(cfg, None)
     records = []
     with _common.trackers_of(args):
         if args.baseline and configs[0].adapter != "none":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import replace
+from pathlib import Path
 
 from cme_bench import launchers
 from cme_bench.commands import _common
@@ -31,6 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from cme_bench import runfile
+    from cme_bench.adapters import preset_names
+    from cme_bench.registry import suggest
 
     names = runfile.adapters_of(args.grid, [n.strip() for n in (args.adapters or "").split(",") if n.strip()])
     if not names:
@@ -45,6 +48,12 @@ def main(args: argparse.Namespace) -> int:
             raise CmeError("seeds given twice: by --seeds and by the run file's grid; keep one")
         grid["seed"] = seeds_from_args(args)
     base = config_from_args(args, adapter=names[0])
+    _common.preflight(replace(base, adapter="none"))
+    # A misspelt name stops the sweep before it starts; a preset that exists but is invalid is one failed run.
+    known = set(preset_names())
+    for name in names:
+        if name not in known and name != "none" and not Path(name).expanduser().is_file():
+            raise CmeError(suggest(name, sorted(known), "adapter preset") + " (in --adapters)")
     points = runfile.points(base, grid)
     if len(points) > 1:
         print(f"grid: {len(points)} points x {len(names)} adapters = {len(points) * len(names)} runs")

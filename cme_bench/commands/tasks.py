@@ -163,7 +163,9 @@ def _parse_proportions(text: str | None) -> dict[str, float] | None:
 
 def _export(args: argparse.Namespace) -> int:
     from cme_bench import mixture
+    from cme_bench.results import check_output_file
 
+    check_output_file(args.out, flag="--out")
     cfg = mixture.MixtureConfig(
         suite=args.suite,
         tasks=args.tasks,

@@ -20,6 +20,8 @@ def main(args: argparse.Namespace) -> int:
     from cme_bench import runner
 
     cfg = config_from_args(args)
+    _common.preflight(cfg)
+    _common.require_resumable(cfg, "train")
     with _common.trackers_of(args):
         record = runner.train_only(cfg)
     _common.print_outcome(record)

@@ -158,6 +158,8 @@ def parse_record(path: Path, data: Any) -> RunRecord:
 def iter_record_files(results: Path, exclude: Path | None = None) -> Iterator[Path]:
     excluded = exclude.resolve() if exclude is not None else None
     for path in sorted(results.rglob("run.json")):
+        if any(part.startswith(".") for part in path.relative_to(results).parts):
+            continue  # an unfinished attempt being built or left by a killed process (cme_bench.runlock)
         if excluded is not None and (excluded == path.resolve().parent or excluded in path.resolve().parents):
             continue
         yield path
@@ -167,7 +169,8 @@ def load_runs(results: Path | str, exclude: Path | None = None) -> list[RunRecor
     """Every readable run record under ``results`` (recursively), sorted by run id; bad ones are skipped."""
     results = Path(results)
     if not results.is_dir():
-        raise CmeError(f"results folder {str(results)!r} does not exist (pass --results DIR)")
+        why = "is not a folder" if results.exists() else "does not exist"
+        raise CmeError(f"results folder {str(results)!r} {why} (pass --results DIR)")
     runs: dict[str, RunRecord] = {}
     for path in iter_record_files(results, exclude):
         try:
@@ -200,6 +203,21 @@ def load_samples(run: RunRecord, task: str) -> list[dict[str, Any]]:
         items: list[Any] = json.loads("[" + ",".join(lines) + "]")
     except json.JSONDecodeError:
         items = [_loads_or_none(line) for line in lines]
+    # The attempt that wrote this task: its own (tasks merged into a record come from several), else the record's.
+    attempt = ((run.data.get("metrics") or {}).get(task) or {}).get("attempt") or run.data.get("attempt")
+    other = next(
+        (i.get("attempt") for i in items if type(i) is dict and i.get("attempt") not in (None, attempt)), None
+    )
+    if attempt and other:
+        log.warning(
+            "%s: %s holds samples of another attempt (%s) than the record (%s); ignored for task %r",
+            run.path,
+            path,
+            other,
+            attempt,
+            task,
+        )
+        return []
     samples, bad = [], 0
     for item in items:
         # Checked inline (not via _number) because this loop sees every sample of every run.

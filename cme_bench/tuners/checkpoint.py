@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cme_bench.errors import CmeError
+from cme_bench.errors import CmeError, LoadError, loading
 
 log = logging.getLogger(__name__)
 
@@ -153,10 +153,6 @@ def read_adapter_config(adapter_dir: str | Path) -> tuple[Path, dict[str, Any], 
     config_path = folder / CONFIG_NAME
     if not config_path.is_file():
         raise CmeError(f"{str(folder)!r} is not an adapter folder: {CONFIG_NAME} is missing")
-    try:
-        config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CmeError(f"{config_path} is not valid JSON: {exc}") from exc
     weights = folder / WEIGHTS_NAME
     if not weights.is_file():
         pickled = [p.name for p in folder.glob("*.bin")] + [p.name for p in folder.glob("*.pt")]
@@ -164,6 +160,19 @@ def read_adapter_config(adapter_dir: str | Path) -> tuple[Path, dict[str, Any], 
             f" ({', '.join(pickled)} found: convert it to safetensors; cme-bench never unpickles)" if pickled else ""
         )
         raise CmeError(f"{str(folder)!r} has no {WEIGHTS_NAME}{hint}")
+    with loading(config_path, "adapter config", "it must be the JSON object cme-bench or PEFT saved"):
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        if not isinstance(config, dict):
+            raise ValueError(f"expected a JSON object, got {type(config).__name__}")
+    with loading(weights, "adapter weights", "the file is not a complete safetensors file"):
+        from safetensors import safe_open
+
+        with safe_open(str(weights), framework="pt") as fh:  # header and size check only; tensors load later
+            fh.keys()
+    if config.get("format") == FORMAT:
+        missing = [k for k in ("method", "preset", "params", "target_modules") if k not in config]
+        if missing:
+            raise LoadError(config_path, f"adapter config {str(config_path)!r} lacks {', '.join(map(repr, missing))}")
     return folder, config, weights
 
 
@@ -177,7 +186,10 @@ def detect_layout(config: dict[str, Any]) -> str:
             return name
     if "peft_type" in config:
         return "peft"
-    raise CmeError(f"unrecognised adapter_config.json (keys: {', '.join(sorted(config))})")
+    raise CmeError(
+        f"unrecognised adapter_config.json (keys: {', '.join(sorted(config)) or 'none'}): neither cme-bench's "
+        "(format, method, ...) nor PEFT's (peft_type)"
+    )
 
 
 def peft_method(config: dict[str, Any]) -> str:

@@ -122,7 +122,7 @@ def plan(model_dir: str | Path, adapter_dir: str | Path | None, *, lora_serving:
         return ServingPlan("lora", model_dir, adapter_dir, method, adapter_dir, _peft_rank(saved.config))
     out = cache_dir() / "vllm" / "lora" / f"{method}-{_digest(adapter_dir)}"
     if not (out / ADAPTER_WEIGHTS).is_file():
-        write_dir_atomic(out, lambda tmp: convert_to_lora(adapter_dir, tmp))
+        write_dir_atomic(out, lambda tmp: convert_to_lora(adapter_dir, tmp), overwrite=True)
     rank = _peft_rank(json.loads((out / ADAPTER_CONFIG).read_text()))
     note = f"{method} converted exactly to a rank-{rank} LoRA"
     return ServingPlan("lora", model_dir, adapter_dir, method, out, rank, note=note)
@@ -131,7 +131,7 @@ def plan(model_dir: str | Path, adapter_dir: str | Path | None, *, lora_serving:
 def _merged_plan(model_dir: Path, adapter_dir: Path, method: str) -> ServingPlan:
     out = cache_dir() / "vllm" / "merged" / f"{method}-{_digest(adapter_dir)}-{_digest_model(model_dir)}"
     if not (out / "config.json").is_file():
-        write_dir_atomic(out, lambda tmp: merge_into_base(model_dir, adapter_dir, tmp))
+        write_dir_atomic(out, lambda tmp: merge_into_base(model_dir, adapter_dir, tmp), overwrite=True)
     return ServingPlan("merged", out, adapter_dir, method, note=f"{method} merged into the base weights")
 
 
