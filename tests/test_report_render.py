@@ -14,6 +14,7 @@ from test_report_fixtures import SCORES, build_world, fake_task_info, write_run
 from cme_bench.cli import main as cli_main
 from cme_bench.report.analysis import analyse
 from cme_bench.report.build import leaderboard_table
+from cme_bench.report.frames import frame
 from cme_bench.report.load import load_runs
 from cme_bench.report.pipeline import build_report, write_site, write_text_outputs
 from cme_bench.report.render_text import latex_escape, to_csv, to_json, to_latex, to_markdown
@@ -185,6 +186,62 @@ def test_only_failed_runs(tmp_path):
     write_text_outputs(report, out)
     assert [r.status for r in report.leaderboard.rows] == ["failed", "cancelled"]  # by run id
     assert report.analysis.ranking_key is None and "no runs with both values" in (out / "costs.html").read_text()
+
+
+def _write_train_only(results: Path, run_id: str, name: str) -> None:
+    """A `cme-bench train` record: success, training filled, no evaluation and no metrics (other tasks and limit)."""
+    config = {"model": "tiny-llama", "adapter": "lora", "suite": "cme-mini", "seed": 0, "tasks": ["t_a"], "limit": 20}
+    write_run(results, run_id, name=name, extra={"evaluation": None, "samples": {}, "config": config})
+
+
+def test_train_only_record_is_listed_under_the_tables_never_a_row(tmp_path):
+    results = build_world(tmp_path / "results")
+    _write_train_only(results, "tiny--lora--train", "Zq & <i>")
+    out = tmp_path / "site"
+    report = build_report(results, task_info=fake_task_info, out=out, n_boot=50)
+    index = write_site(report, out).read_text()
+    write_text_outputs(report, out)
+    a = report.analysis
+    # never a row, never an evaluation set of its own
+    assert report.others == [] and len(a.eval_sets) == 1
+    tables = [report.leaderboard, *report.tasks.values(), *report.domains.values()]
+    assert "tiny--lora--train" not in [row.key for t in tables for row in t.rows]
+    assert all(r.run_id != "tiny--lora--train" for e in a.entries for r in e.runs)
+    assert [r.run_id for r in a.trained_only] == ["tiny--lora--train"]
+    assert "Evaluated on other documents" not in index
+    # listed below the tables, escaped, with its run page and the command that evaluates it
+    section = index[index.index("Trained, not evaluated yet") :]
+    assert 'href="runs/tiny--lora--train.html"' in section and "Zq &amp; &lt;i&gt;" in section
+    command = f"cme-bench eval --model tiny-llama --adapter-path {results / 'tiny--lora--train' / 'adapter'}"
+    assert command in section
+    assert "1 trained, not evaluated yet" in index and "not successful" in index  # the failed run still counts
+    assert "tiny--lora--train" in (out / "runs" / "tiny--lora--train.html").read_text()  # its run page
+    # text outputs: no score row; Markdown lists it like the page
+    for name in ("leaderboard.csv", "leaderboard.tex"):
+        assert "lora--train" not in (out / name).read_text() and "Zq" not in (out / name).read_text(), name
+    md = (out / "leaderboard.md").read_text()
+    assert md.count("Zq &amp; &lt;i&gt;") == 1 and command in md.split("## Trained, not evaluated yet")[1]
+    data = json.loads((out / "leaderboard.json").read_text())
+    assert data["trained_not_evaluated"] == ["tiny--lora--train"]
+    assert all(r["key"] != "tiny--lora--train" for r in data["tables"]["leaderboard"]["rows"])
+    assert "tiny--lora--train" not in set(frame(results, task_info=fake_task_info)["run"])
+
+
+def test_only_train_only_records_and_an_evaluated_one_leaves_the_list(tmp_path):
+    results = tmp_path / "results"
+    _write_train_only(results, "t1", "t1")
+    out = tmp_path / "site"
+    report = build_report(results, task_info=fake_task_info, out=out, n_boot=50)
+    index = write_site(report, out).read_text()
+    write_text_outputs(report, out)
+    assert report.leaderboard.rows == () and report.others == [] and report.analysis.eval_sets == {}
+    assert 'href="runs/t1.html"' in index and (out / "runs" / "t1.html").is_file()
+    # `eval --adapter-path` of t1 names it as the adapter's provenance: t1 is no longer "not evaluated yet"
+    adapter = {"method": "lora", "preset": "lora", "path": "adapter", "provenance": {"run_id": "t1"}}
+    write_run(results, "t1--eval", scores={"t_a": [1, 0]}, extra={"adapter": adapter})
+    report = build_report(results, task_info=fake_task_info, out=out, n_boot=50)
+    assert report.analysis.trained_only == [] and [r.key for r in report.leaderboard.rows] == ["t1--eval"]
+    assert "Trained, not evaluated yet" not in write_site(report, out).read_text()
 
 
 def _tiny_table():

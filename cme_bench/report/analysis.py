@@ -14,6 +14,7 @@ import json
 import logging
 import re
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -133,7 +134,16 @@ class Analysis:
 
     @cached_property
     def ok_runs(self) -> list[RunRecord]:
-        return [r for r in self.runs if r.ok]
+        """The successful runs that were evaluated (the ones with scores)."""
+        return [r for r in self.runs if r.ok and not r.train_only]
+
+    @cached_property
+    def trained_only(self) -> list[RunRecord]:
+        """Trained, not evaluated yet: train-only records whose adapter no evaluation record names as its provenance
+        (``adapter.provenance.run_id``). Never a row nor an evaluation set; they are listed and get a run page."""
+        provenances = [r.section("adapter").get("provenance") for r in self.ok_runs]
+        evaluated = {p.get("run_id") for p in provenances if isinstance(p, Mapping)}
+        return [r for r in self.runs if r.train_only and r.run_id not in evaluated]
 
     @cached_property
     def ok_entries(self) -> list[Entry]:
@@ -451,8 +461,9 @@ def _vs_leader(keys: list[str], aggregates, key: str, n_docs: int | None) -> dic
 def analyse(
     runs: list[RunRecord], task_info: TaskInfoFn | None, n_boot: int = stats.DEFAULT_BOOTSTRAP, seed: int = 0
 ) -> Analysis:
-    """All statistics of the report (see ``stats.METHODS``)."""
-    ok = [r for r in runs if r.ok]
+    """All statistics of the report (see ``stats.METHODS``). Train-only records take no part in them."""
+    evaluated = [r for r in runs if not r.train_only]
+    ok = [r for r in evaluated if r.ok]
     names = sorted({t for r in ok for t in r.metrics})
     meta = resolve_tasks(names, runs, task_info)
     tasks = dict(sorted(meta.items(), key=lambda kv: (_natural(kv[1].domain), _natural(kv[1].display_name), kv[0])))
@@ -466,7 +477,7 @@ def analyse(
         per_run, items[task] = _score_task(task, with_task, n_boot, seed)
         for r in ok:
             scores[(r.run_id, task)] = per_run.get(r.run_id) or Score(None, note="not evaluated on this task")
-    entries = _entries(runs)
+    entries = _entries(evaluated)
     sets = _eval_sets(entries, tasks)
     for entry in entries:
         if entry.ok and entry.n_seeds > 1:

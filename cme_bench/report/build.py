@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+import shlex
 import zlib
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -143,6 +144,15 @@ def settings_text(run: RunRecord, seeds: list[object] | None = None) -> str:
     if cfg.get("limit"):
         parts.append(f"limit {cfg['limit']}")
     return " · ".join(parts)
+
+
+def eval_command(run: RunRecord) -> str:
+    """The shell command that evaluates a train-only run's saved adapter (each word quoted for a POSIX shell)."""
+    rel = run.section("adapter").get("path")
+    adapter = run.folder / (rel if isinstance(rel, str) and rel else "adapter")
+    model = run.section("config").get("model")
+    model_args = ["--model", str(model)] if isinstance(model, str) and model else []
+    return shlex.join(["cme-bench", "eval", *model_args, "--adapter-path", str(adapter)])
 
 
 def label_settings(run: RunRecord) -> dict[str, str]:

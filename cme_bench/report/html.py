@@ -23,6 +23,7 @@ from cme_bench.report.analysis import Analysis, Entry, Score
 from cme_bench.report.build import (
     AGGREGATE_LABELS,
     cost_label,
+    eval_command,
     eval_set_text,
     fmt_bytes,
     fmt_cost,
@@ -185,7 +186,11 @@ class Site:
             ],
             main_set=eval_set_text(sets[0]) if sets else "",
             references=refs,
-            n_ok=len(a.ok_runs),
+            trained=[
+                {"name": r.name, "id": r.run_id, "slug": slug(r.run_id), "command": eval_command(r)}
+                for r in a.trained_only
+            ],
+            n_failed=sum(not r.ok for r in a.runs),
             n_rows=len(table.rows),
             n_tasks=len(a.tasks),
             n_domains=len(a.domains),

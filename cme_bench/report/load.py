@@ -62,6 +62,11 @@ class RunRecord:
     def ok(self) -> bool:
         return self.status == "success"
 
+    @property
+    def train_only(self) -> bool:
+        """A successful ``cme-bench train`` record: trained, never evaluated, so it has no scores to rank."""
+        return self.ok and not self.metrics and _is_train_only(self.data)
+
     def section(self, key: str) -> Mapping[str, Any]:
         value = self.data.get(key)
         return value if isinstance(value, Mapping) else {}
@@ -125,6 +130,10 @@ def _parse_metrics(raw: Any) -> dict[str, Metric]:
     return out
 
 
+def _is_train_only(data: Mapping[str, Any]) -> bool:
+    return data.get("evaluation") is None and isinstance(data.get("training"), Mapping)
+
+
 def parse_record(path: Path, data: Any) -> RunRecord:
     """Validate a decoded run.json; raises ValueError naming the first problem."""
     if not isinstance(data, Mapping):
@@ -141,8 +150,7 @@ def parse_record(path: Path, data: Any) -> RunRecord:
             raise ValueError(f"{key!r} is not an object")
     metrics = _parse_metrics(data.get("metrics"))
     # A train-only record (`cme-bench train`: training, no evaluation) is a successful run without metrics.
-    train_only = data.get("evaluation") is None and isinstance(data.get("training"), Mapping)
-    if data["status"] == "success" and not metrics and not train_only:
+    if data["status"] == "success" and not metrics and not _is_train_only(data):
         raise ValueError("status is 'success' but 'metrics' is empty")
     return RunRecord(path=path, data=data, metrics=metrics)
 

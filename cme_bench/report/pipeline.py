@@ -14,7 +14,7 @@ from pathlib import Path
 
 from cme_bench.report import stats
 from cme_bench.report.analysis import Analysis, analyse
-from cme_bench.report.build import descriptive_cells, domain_table, leaderboard_tables, task_table
+from cme_bench.report.build import descriptive_cells, domain_table, eval_command, leaderboard_tables, task_table
 from cme_bench.report.files import write_text_replace
 from cme_bench.report.load import load_profiles, load_runs
 from cme_bench.report.references import Reference, references
@@ -70,13 +70,25 @@ def build_report(
 
 
 def write_text_outputs(report: Report, out: Path) -> dict[str, Path]:
-    from cme_bench.report.render_text import references_markdown, table_frame, to_csv, to_json, to_latex, to_markdown
+    from cme_bench.report.render_text import (
+        references_markdown,
+        table_frame,
+        to_csv,
+        to_json,
+        to_latex,
+        to_markdown,
+        trained_markdown,
+    )
 
     board = report.leaderboard
     frame = table_frame(board)
     md = "# cme-bench leaderboard\n\n" + to_markdown(board)
     for other in report.others:
         md += f"\n## {other.title}\n\nNot ranked against the leaderboard above.\n\n" + to_markdown(other)
+    if report.analysis.trained_only:
+        trained = [(r.name, eval_command(r)) for r in report.analysis.trained_only]
+        md += "\n## Trained, not evaluated yet\n\nNo scores yet, so in no table above. Evaluate with:\n\n"
+        md += trained_markdown(trained)
     if report.references:
         md += "\n## Reported, not reproduced here\n\n" + references_markdown(report.references)
     md += "\n## Statistical methods\n\n" + stats.methods_text(report.analysis.n_boot)
@@ -127,6 +139,7 @@ def _json_extra(report: Report) -> Mapping[str, object]:
             k: {"label": es.label, "tasks": es.tasks, "limit": es.limit, "entries": [e.key for e in es.entries]}
             for k, es in a.eval_sets.items()
         },
+        "trained_not_evaluated": [r.run_id for r in a.trained_only],
         "seed_groups": {e.key: [r.run_id for r in e.runs] for e in a.entries if e.n_seeds > 1},
         "methods": stats.methods_text(a.n_boot),
         "ranking": a.ranking_key,

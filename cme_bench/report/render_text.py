@@ -159,6 +159,11 @@ def references_markdown(refs) -> str:
     return "\n".join(lines) + "\n"
 
 
+def trained_markdown(runs: Sequence[tuple[str, str]]) -> str:
+    """(name, eval command) of each trained, not yet evaluated run, as a Markdown list (never a table row)."""
+    return "".join(f"- {_md_escape(name)}: `` {command} ``\n" for name, command in runs)
+
+
 def table_to_dict(table: Table) -> dict[str, Any]:
     """A JSON-ready dict (raw values, intervals, display strings, notes)."""
     return {
