@@ -97,10 +97,10 @@ def refresh_report(args: argparse.Namespace) -> None:
     """Rebuild the leaderboard from every run under --output; a reporting problem never fails the run."""
     if not getattr(args, "report", False):
         return
-    from cme_bench.report import build_report, write_site, write_text_outputs
-
     results, out = Path(args.output), Path(args.output) / "leaderboard"
     try:
+        from cme_bench.report import build_report, write_site, write_text_outputs
+
         report = build_report(results, out=out)
         write_text_outputs(report, out)
         print(f"leaderboard: {write_site(report, out)}")
