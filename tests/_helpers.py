@@ -52,3 +52,12 @@ def assert_scores_match_lm_eval(ours: dict, out: Path, lm_out: Path, tasks: list
         their_preds = {r["doc_id"]: r["filtered_resps"][0] for r in their_rows if r["filter"] == key.split(",")[1]}
         our_rows = [json.loads(line) for line in (out / ours["run_id"] / ours["samples"][task]).open()]
         assert {r["doc_id"]: r["prediction"] for r in our_rows} == their_preds and their_preds
+
+
+def perturb(model: nn.Module, seed: int = 0, scale: float = 0.05) -> None:
+    """Add seeded noise to every trainable tensor, so a zero-initialised adapter (B = 0) cannot hide a bug."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, p in model.named_parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=g) * scale)

@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from _helpers import perturb
 from safetensors.torch import load_file, save_file
 from transformers import (
     LlamaConfig,
@@ -33,14 +34,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def tiny(seed: int = 0, **kw):
     return build_tiny_llama(seed=seed, **kw)[0]
-
-
-def perturb(model: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, p in model.named_parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=g) * scale)
 
 
 def test_every_method_has_a_preset_and_required_presets_exist():

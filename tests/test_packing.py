@@ -11,6 +11,7 @@ import copy
 
 import pytest
 import torch
+from _helpers import perturb
 from accelerate import Accelerator
 
 from cme_bench import adapters
@@ -43,11 +44,7 @@ def examples(tiny_llama):
 def _adapted(tiny_llama, name: str) -> torch.nn.Module:
     model = copy.deepcopy(tiny_llama[0])
     model = adapters.apply_adapter(model, adapters.load_preset(name), total_steps=10, seed=0)
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # non-zero B everywhere: a zero-initialised adapter would hide a wrong gradient
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=gen) * 0.1)
+    perturb(model, seed=1, scale=0.1)  # non-zero B everywhere: a zero B would hide a wrong gradient
     model.eval()  # dropout off, so two forwards are comparable; autograd (and so the balance losses) stays on
     return model
 

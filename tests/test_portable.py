@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _helpers import assert_scores_match_lm_eval
+from _helpers import assert_scores_match_lm_eval, perturb
 from safetensors.torch import load_file
 
 import cme_bench
@@ -39,14 +39,6 @@ def cache(tmp_path: Path, monkeypatch) -> Path:
 
 def tiny():
     return build_tiny_llama(seed=0)[0]
-
-
-def perturb(model: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, p in model.named_parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=g) * scale)
 
 
 def _saved(name: str, out: Path) -> tuple[torch.nn.Module, Path]:
