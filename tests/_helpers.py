@@ -61,3 +61,12 @@ def perturb(model: nn.Module, seed: int = 0, scale: float = 0.05) -> None:
         for _, p in model.named_parameters():
             if p.requires_grad:
                 p.add_(torch.randn(p.shape, generator=g) * scale)
+
+
+def run_dir(out: Path, prefix: str) -> Path:
+    """The one run folder ``<prefix>--<8 hex identity digest>`` under ``out`` (or exactly ``prefix``)."""
+    if (out / prefix / "run.json").is_file():
+        return out / prefix
+    found = [p for p in out.glob(f"{prefix}--*") if len(p.name) == len(prefix) + 10]
+    assert len(found) == 1, (prefix, sorted(p.name for p in out.iterdir()))
+    return found[0]

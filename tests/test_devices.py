@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _helpers import run_dir
 
 from cme_bench import devices
 from cme_bench.cli import main
@@ -64,7 +65,7 @@ def test_bf16_cpu_run_end_to_end(tmp_path: Path):
     args = ["--model", "tiny-llama", "--tasks", "cme_mini_boolq", "--train-cap", "8", "--batch-size", "4"]
     args += ["--max-steps", "2", "--limit", "2", "--device", "cpu", "--dtype", "bf16", "--output", str(out)]
     assert main(["run", *args, "--adapter", "teamlora", "--no-report"]) == 0
-    rec = json.loads((out / "tiny-llama--teamlora--cme-mini--s0" / "run.json").read_text())
+    rec = json.loads((run_dir(out, "tiny-llama--teamlora--cme-mini--s0") / "run.json").read_text())
     assert rec["status"] == "success"
     assert rec["config"]["device"] == "cpu" and rec["config"]["dtype"] == "bf16"
     assert rec["environment"]["hardware"]["dtype"] == "bf16" and rec["environment"]["hardware"]["device"] == "cpu"
@@ -76,5 +77,5 @@ def test_bf16_cpu_run_end_to_end(tmp_path: Path):
     saved = load_file(out / rec["run_id"] / "adapter" / "adapter_model.safetensors")
     assert {t.dtype for t in saved.values()} == {torch.float32}  # fp32 adapter weights on a bf16 base
     # The base model row (evaluation only) uses the device and dtype too.
-    base = json.loads((out / "tiny-llama--none--cme-mini--s0" / "run.json").read_text())
+    base = json.loads((run_dir(out, "tiny-llama--none--cme-mini--s0") / "run.json").read_text())
     assert base["model"]["dtype"] == "bf16" and base["config"]["dtype"] == "bf16"

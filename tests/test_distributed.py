@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from _helpers import free_port
+from _helpers import free_port, run_dir
 
 from cme_bench.distributed import shard
 
@@ -62,15 +62,17 @@ def test_two_processes_evaluate_exactly_like_one(tmp_path: Path):
     # Each rank generated for its own documents only (both tasks' 14 documents in one batch: 7 per rank).
     assert proc.stderr.count("rank 0 of 2 answers 7 of 14 requests") == 1
     assert proc.stderr.count("rank 1 of 2 answers 7 of 14 requests") == 1
-    rec1 = json.loads((one / RUN_ID / "run.json").read_text())
-    rec2 = json.loads((two / RUN_ID / "run.json").read_text())
+    dir1, dir2 = run_dir(one, RUN_ID), run_dir(two, RUN_ID)
+    rec1 = json.loads((dir1 / "run.json").read_text())
+    rec2 = json.loads((dir2 / "run.json").read_text())
     assert rec2["evaluation"]["processes"] == 2 and rec1["evaluation"]["processes"] == 1
-    drop_time = lambda m: {t: {k: v for k, v in r.items() if k != "seconds"} for t, r in m.items()}  # noqa: E731
-    assert drop_time(rec2["metrics"]) == drop_time(rec1["metrics"])
+    # Wall time and the attempt id (each run is its own attempt) are the only fields allowed to differ.
+    same = lambda row: {k: v for k, v in row.items() if k not in ("seconds", "attempt")}  # noqa: E731
+    assert {t: same(r) for t, r in rec2["metrics"].items()} == {t: same(r) for t, r in rec1["metrics"].items()}
     assert rec2["evaluation"]["lm_eval"]["results"] == rec1["evaluation"]["lm_eval"]["results"]
     for task in ("cme_mini_boolq", "cme_mini_arc_easy"):
-        rows1 = (one / RUN_ID / rec1["samples"][task]).read_text()
-        rows2 = (two / RUN_ID / rec2["samples"][task]).read_text()
+        rows1 = [same(json.loads(line)) for line in (dir1 / rec1["samples"][task]).read_text().splitlines()]
+        rows2 = [same(json.loads(line)) for line in (dir2 / rec2["samples"][task]).read_text().splitlines()]
         assert rows2 == rows1
-        predictions = [json.loads(line)["prediction"] for line in rows1.splitlines()]
+        predictions = [row["prediction"] for row in rows1]
         assert len(predictions) == 7 and len(set(predictions)) == 7  # all distinct: a misplaced one would show

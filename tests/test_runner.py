@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _helpers import assert_scores_match_lm_eval, free_port
+from _helpers import assert_scores_match_lm_eval, free_port, run_dir
 from safetensors.torch import load_file
 
 from cme_bench import results
@@ -37,17 +37,8 @@ def _cli(*argv: str, env: dict[str, str] | None = None, check: bool = True) -> s
     return proc
 
 
-def _run_dir(out: Path, prefix: str) -> Path:
-    """The one run folder ``<prefix>--<8 hex identity digest>`` (or exactly ``prefix``)."""
-    if (out / prefix / "run.json").is_file():
-        return out / prefix
-    found = [p for p in out.glob(f"{prefix}--*") if len(p.name) == len(prefix) + 10]
-    assert len(found) == 1, (prefix, sorted(p.name for p in out.iterdir()))
-    return found[0]
-
-
 def _record(out: Path, prefix: str) -> dict:
-    return json.loads((_run_dir(out, prefix) / "run.json").read_text())
+    return json.loads((run_dir(out, prefix) / "run.json").read_text())
 
 
 def test_run_end_to_end_writes_a_complete_record(tmp_path: Path):
@@ -108,18 +99,18 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path: Path):
     # Killed with SIGKILL right after step 5: the checkpoint of step 3 survives, steps 4-5 are lost.
     killed = _cli("train", *common, "--output", str(tmp_path / "kill"), env={KILL_AFTER_STEP_ENV: "5"}, check=False)
     assert killed.returncode == -9
-    run_dir = _run_dir(tmp_path / "kill", "tiny-llama--lora--cme-mini--s0--train")
-    assert _record(tmp_path / "kill", run_dir.name)["status"] == "running"
-    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step-0000003"]
+    folder = run_dir(tmp_path / "kill", "tiny-llama--lora--cme-mini--s0--train")
+    assert _record(tmp_path / "kill", folder.name)["status"] == "running"
+    assert [p.name for p in (folder / "checkpoints").iterdir()] == ["step-0000003"]
     _cli("train", *common, "--output", str(tmp_path / "kill"), "--resume")
-    rec = _record(tmp_path / "kill", run_dir.name)
-    ref = _record(tmp_path / "ref", run_dir.name)
+    rec = _record(tmp_path / "kill", folder.name)
+    ref = _record(tmp_path / "ref", folder.name)
     assert rec["status"] == "success" and rec["training"]["resumed_from"] == 3
     assert [s for s, _ in rec["training"]["loss_curve"]] == list(range(1, 9))
     for (s1, l1), (s2, l2) in zip(rec["training"]["loss_curve"], ref["training"]["loss_curve"]):
         assert s1 == s2 and l1 == pytest.approx(l2, abs=1e-5)
-    a = load_file(run_dir / "adapter" / "adapter_model.safetensors")
-    b = load_file(tmp_path / "ref" / run_dir.name / "adapter" / "adapter_model.safetensors")
+    a = load_file(folder / "adapter" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "ref" / folder.name / "adapter" / "adapter_model.safetensors")
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)
@@ -141,7 +132,7 @@ def test_kill_during_evaluation_resumes_without_training_again(tmp_path: Path):
     ]
     killed = _cli(*args, env={KILL_AFTER_TASK_ENV: "1"}, check=False)
     assert killed.returncode == -9
-    run_id = _run_dir(out, "tiny-llama--lora--cme-mini--s0").name
+    run_id = run_dir(out, "tiny-llama--lora--cme-mini--s0").name
     before = _record(out, run_id)
     assert before["status"] == "running" and list(before["metrics"]) == [TASKS.split(",")[0]]
     adapter = out / run_id / "adapter" / "adapter_model.safetensors"
