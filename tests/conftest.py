@@ -15,8 +15,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
-# Written into the checkout by the tools themselves, not by the code under test.
-_TOOL_LITTER = ("__pycache__", ".pytest_cache", ".ruff_cache", ".pyc")
+# Written into the checkout by the tools themselves, not by the code under test; and the one folder tests write
+# on purpose: the leaderboard screenshots of the browser tests (git-ignored, for a person to look at).
+_TOOL_LITTER = ("__pycache__", ".pytest_cache", ".ruff_cache", ".pyc", "screenshots/")
 
 
 def _checkout_state() -> set[str] | None:
