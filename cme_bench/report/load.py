@@ -204,11 +204,11 @@ def load_samples(run: RunRecord, task: str) -> list[dict[str, Any]]:
     except json.JSONDecodeError:
         items = [_loads_or_none(line) for line in lines]
     # The attempt that wrote this task: its own (tasks merged into a record come from several), else the record's.
+    # A sample log is written whole by one attempt, so its first line says which one.
     attempt = ((run.data.get("metrics") or {}).get(task) or {}).get("attempt") or run.data.get("attempt")
-    other = next(
-        (i.get("attempt") for i in items if type(i) is dict and i.get("attempt") not in (None, attempt)), None
-    )
-    if attempt and other:
+    first = items[0] if items and type(items[0]) is dict else {}
+    other = first.get("attempt")
+    if attempt and other not in (None, attempt):
         log.warning(
             "%s: %s holds samples of another attempt (%s) than the record (%s); ignored for task %r",
             run.path,
