@@ -22,25 +22,26 @@ def _progress_lm(model: Any, tokenizer: Any, batch_size: int):
     class ProgressHFLM(HFLM):
         on_phase: Callable[[str], None] = staticmethod(lambda phase: None)
 
-        # Under torchrun, inside distributed.sharded(), each rank answers its shard of the documents and receives
-        # everyone's answers; otherwise run_sharded is a plain call.
-        def generate_until(self, requests, disable_tqdm: bool = False):
-            self.on_phase(f"generating {len(requests)}")
-            compute = lambda part: super(ProgressHFLM, self).generate_until(part, disable_tqdm)  # noqa: E731
+        def _answer(self, kind: str, requests, disable_tqdm: bool, phase: str | None = None):
+            """HFLM's own ``kind`` method on ``requests``, reporting ``phase`` and then scoring. Under torchrun,
+            inside distributed.sharded(), each rank answers its shard of the documents and receives everyone's
+            answers; otherwise run_sharded is a plain call."""
+            if phase:
+                self.on_phase(phase)
+            compute = lambda part: getattr(super(ProgressHFLM, self), kind)(part, disable_tqdm)  # noqa: E731
             out = run_sharded(requests, doc_key, compute)
-            self.on_phase("scoring")
+            if phase:
+                self.on_phase("scoring")
             return out
+
+        def generate_until(self, requests, disable_tqdm: bool = False):
+            return self._answer("generate_until", requests, disable_tqdm, f"generating {len(requests)}")
 
         def loglikelihood(self, requests, disable_tqdm: bool = False):
-            self.on_phase(f"scoring {len(requests)} continuations")
-            compute = lambda part: super(ProgressHFLM, self).loglikelihood(part, disable_tqdm)  # noqa: E731
-            out = run_sharded(requests, doc_key, compute)
-            self.on_phase("scoring")
-            return out
+            return self._answer("loglikelihood", requests, disable_tqdm, f"scoring {len(requests)} continuations")
 
         def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
-            compute = lambda part: super(ProgressHFLM, self).loglikelihood_rolling(part, disable_tqdm)  # noqa: E731
-            return run_sharded(requests, doc_key, compute)
+            return self._answer("loglikelihood_rolling", requests, disable_tqdm)
 
     return ProgressHFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(model.device))
 
