@@ -5,7 +5,7 @@ builds the command line from them; ``RunConfig`` extends ``TrainConfig``, so the
 read the same values, and a preset's ``training`` block uses the same names. Precedence: command-line flags > the
 defaults below. Adapter hyperparameters live in the adapter preset (``adapters/<name>.yaml``), not here. The defaults
 make ``cme-bench run`` with no arguments a quick, complete run on a laptop (SmolLM2-135M + TeamLoRA on CME-mini:
-60 steps of 8 examples, 20 test documents per task, under 15 minutes on 2 CPU cores, base-model row included); a
+60 steps of 8 examples, 20 test documents per task, about 7.5 minutes on 2 idle CPU cores, base-model row included); a
 paper-scale run raises ``--max-steps`` (or uses ``--max-steps 0 --epochs E``), ``--train-cap 0`` and ``--limit 0``.
 """
 
